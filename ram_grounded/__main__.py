@@ -1,0 +1,5 @@
+"""``python -m ram_grounded`` = the ``ram-grounded`` command."""
+
+from .cli import main
+
+main()
