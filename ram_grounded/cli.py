@@ -141,6 +141,18 @@ def _unique_stem(source: str, taken: set[str]) -> str:
     return stem
 
 
+def _register_commands() -> None:
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".commands.{name}", __package__).register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

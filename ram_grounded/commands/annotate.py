@@ -1,0 +1,9 @@
+"""The `ram-grounded annotate` command (not written yet)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
