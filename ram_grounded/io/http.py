@@ -70,14 +70,16 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
     max_redirections = 5
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                         newurl: str) -> Any:
-        if url_scheme(newurl) not in ALLOWED_SCHEMES:
+    def http_error_302(self, req: Any, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        target = urllib.parse.urljoin(req.full_url, headers.get("Location", ""))
+        if url_scheme(target) not in ALLOWED_SCHEMES:
             raise ImageLoadError(
-                f"{describe_url(req.full_url)}: redirected to a {url_scheme(newurl)!r} URL",
+                f"{describe_url(req.full_url)}: redirected to a {url_scheme(target)!r} URL",
                 hint="only http:// and https:// are followed; use the final image URL directly",
             )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _opener() -> urllib.request.OpenerDirector:
@@ -121,7 +123,7 @@ def fetch_bytes(url: str, *, timeout: float = 10.0, max_bytes: int) -> bytes:
                 raise _too_large(url, max_bytes)
             chunks: list[bytes] = []
             size = 0
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read1(_CHUNK):  # read1: whatever has arrived
                 size += len(chunk)
                 if size > max_bytes:
                     raise _too_large(url, max_bytes)

@@ -190,9 +190,9 @@ def pil_to_rgb(image: Image.Image, *, name: str = "<PIL>") -> np.ndarray:
 
 def array_to_rgb(array: np.ndarray, *, name: str = "<array>") -> np.ndarray:
     """Convert an HxW, HxWx1, HxWx3 or HxWx4 array to RGB uint8 (rules in the module doc)."""
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[:, :, :3]
-    elif array.ndim != 2:
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[:, :, :3]  # alpha dropped, as for PIL images
+    elif not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
         raise ImageLoadError(
             f"{name}: an image array must be HxW, HxWx1, HxWx3 or HxWx4, not shape {array.shape}",
             hint="for a CHW tensor use array.transpose(1, 2, 0); for a batch pass one image at a time",
