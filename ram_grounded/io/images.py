@@ -39,6 +39,8 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 #: Largest download accepted by default (bytes).
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
+_warned_truncated = False  # warn once per process about PIL's global truncation switch
+
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
@@ -128,13 +130,16 @@ def _check_pixels(name: str, size: tuple[int, int], max_pixels: int | None) -> N
 
 
 def _open_and_decode(fh: Any, name: str, max_pixels: int | None) -> np.ndarray:
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
+    global _warned_truncated
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
+        _warned_truncated = True
         logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files will "
                        "load as partly grey images instead of failing")
     try:
         # PIL warns past MAX_IMAGE_PIXELS and raises past twice that; make both errors.
-        # (catch_warnings is process-global; at worst a racing thread gets the warning
-        # printed instead, and our own header check below still applies.)
+        # catch_warnings is process-global, so threads decoding at once may see it leak
+        # or miss it; harmless: our own header check below refuses such sizes anyway
+        # unless max_pixels was raised above PIL's limit.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(fh)  # reads the header only
