@@ -57,6 +57,24 @@ class Record:
         hw = self.meta.get("image_size")
         return (int(hw[0]), int(hw[1])) if hw else None
 
+    def plot(self, **kwargs: Any) -> np.ndarray:
+        """The image with masks, boxes, labels, tags and caption drawn (see ``visualize.plot_record``)."""
+        from .visualize import plot_record
+
+        return plot_record(self, **kwargs)
+
+    def _repr_png_(self) -> bytes | None:
+        if self.image is None:
+            return None
+        from .visualize import png_bytes
+
+        return png_bytes(self.plot(header=False))
+
+    def _repr_html_(self) -> str:
+        from .visualize import record_html
+
+        return record_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of everything but the pixels (masks as COCO RLE)."""
         size = self.size

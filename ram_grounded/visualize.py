@@ -74,6 +74,46 @@ def _draw_header(scene: np.ndarray, lines: list[str]) -> np.ndarray:
     return np.concatenate([band, scene], axis=0)
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG-encoded RGB image (for notebooks and HTTP answers)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def record_html(record: Record, *, chinese: bool = True, max_width: int = 640) -> str:
+    """Notebook view: the annotated image, then tags (with Chinese names), caption and checks."""
+    import base64
+    import html
+
+    parts = []
+    if record.image is not None:
+        data = base64.b64encode(png_bytes(plot_record(record, header=False))).decode("ascii")
+        parts.append(f'<img src="data:image/png;base64,{data}" style="max-width:{max_width}px"/>')
+    if record.tags:
+        items = []
+        for t in record.tags:
+            zh = t.translations.get("zh", "").strip() if chinese else ""
+            label = f"{t.name} / {zh}" if zh else t.name
+            items.append(f"<code>{html.escape(label)}</code>&nbsp;{t.score:.2f}")
+        parts.append("<div><b>tags</b>: " + ", ".join(items) + "</div>")
+    if record.caption:
+        parts.append(f"<div><b>caption</b>: {html.escape(record.caption)}</div>")
+    if len(record.detections):
+        parts.append(f"<div><b>detections</b>: {len(record.detections)} "
+                     f"({html.escape(', '.join(sorted(set(detection_labels(record)))))})</div>")
+    if record.checks:
+        parts.append(f"<div><b>checks</b>: {html.escape(str(record.checks))}</div>")
+    if record.error:
+        parts.append(f'<div style="color:#b00"><b>error</b>: {html.escape(record.error)}</div>')
+    source = html.escape(str(record.source or ""))
+    return f'<div class="ram-grounded-record"><div><small>{source}</small></div>{"".join(parts)}</div>'
+
+
 def save_image(image: np.ndarray, path: str) -> None:
     """Write an RGB image (BGR exists only inside the OpenCV call)."""
     import cv2
