@@ -39,7 +39,8 @@ class _GitStage(ModelStage):
 
         self.ensure_loaded()
         bundle, device = self._bundle, self.torch_device
-        pixel_values = bundle.image_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+        pixel_values = bundle.image_processor(images=images, return_tensors="pt",
+                                               input_data_format="channels_last")["pixel_values"].to(device)
         kwargs: dict[str, Any] = {}
         if prefix is not None:
             kwargs["input_ids"] = torch.tensor([prefix] * len(images), dtype=torch.long, device=device)

@@ -144,7 +144,7 @@ class ItmChecker(ModelStage):
 
         model, device = self._bundle.model, self.torch_device
         inputs = self._bundle.processor(images=images, text=texts, return_tensors="pt",
-                                        padding=True, truncation=True)
+                                        padding=True, truncation=True, input_data_format="channels_last")
         ids = inputs["input_ids"].to(device)
         mask = inputs["attention_mask"].to(device)
         with torch.inference_mode():
