@@ -11,6 +11,7 @@ from ..errors import ConfigError, StageError
 from ..record import Record
 from ..registry import register_stage
 from .base import ModelStage
+from .matching import writable
 
 
 @dataclass(eq=False)
@@ -39,7 +40,7 @@ class _GitStage(ModelStage):
 
         self.ensure_loaded()
         bundle, device = self._bundle, self.torch_device
-        pixel_values = bundle.image_processor(images=images, return_tensors="pt",
+        pixel_values = bundle.image_processor(images=writable(images), return_tensors="pt",
                                                input_data_format="channels_last")["pixel_values"].to(device)
         kwargs: dict[str, Any] = {}
         if prefix is not None:

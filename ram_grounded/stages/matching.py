@@ -36,6 +36,11 @@ def _span(lo: float, hi: float, size: int) -> tuple[int, int]:
     return lo_i, hi_i
 
 
+def writable(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The images, copying read-only ones (torch warns on tensors over read-only memory)."""
+    return [im if im.flags.writeable else im.copy() for im in images]
+
+
 def detection_names(record: Record) -> list[str]:
     """Each detection's class name: ``data["class_name"]``, else ``prompt[class_id]``."""
     det = record.detections
@@ -143,7 +148,7 @@ class ItmChecker(ModelStage):
         import torch.nn.functional as F
 
         model, device = self._bundle.model, self.torch_device
-        inputs = self._bundle.processor(images=images, text=texts, return_tensors="pt",
+        inputs = self._bundle.processor(images=writable(images), text=texts, return_tensors="pt",
                                         padding=True, truncation=True, input_data_format="channels_last")
         ids = inputs["input_ids"].to(device)
         mask = inputs["attention_mask"].to(device)

@@ -11,7 +11,7 @@ from ..errors import ConfigError, StageError
 from ..record import Record
 from ..registry import register_stage
 from .base import ModelStage
-from .matching import FilterMode, check_filter, crop_box, detection_names, drop_detections
+from .matching import FilterMode, check_filter, crop_box, detection_names, drop_detections, writable
 
 #: Default prompt ensemble: neutral photo templates from CLIP's ImageNet template list
 #: (the "origami"/"video game" ones suit whole-image benchmarks, not box crops).
@@ -109,7 +109,7 @@ class ZeroShotClassifier(ModelStage):
         if not images:
             return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)
         model = self._bundle.model
-        pixel_values = self._bundle.image_processor(images=images, return_tensors="pt",
+        pixel_values = self._bundle.image_processor(images=writable(images), return_tensors="pt",
                                                      input_data_format="channels_last")["pixel_values"]
         with torch.inference_mode():
             feats = _pooled(model.get_image_features(pixel_values=pixel_values.to(self.torch_device)))
