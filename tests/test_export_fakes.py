@@ -8,6 +8,7 @@ them; ``python tests/test_export_fakes.py ARGS`` runs the CLI with them availabl
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -80,8 +81,10 @@ class FakeDetector(Stage):
     reads: ClassVar[frozenset[str]] = frozenset({"image", "prompt"})
     writes: ClassVar[frozenset[str]] = frozenset({"detections"})
     level: int = 128
+    delay: float = 0.0  # seconds per batch, so a test can kill a run in the middle
 
     def process(self, records: list[Record]) -> list[Record]:
+        time.sleep(self.delay)
         for r in records:
             boxes, masks, ids, conf = [], [], [], []
             for i, name in enumerate(r.prompt):
