@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -135,29 +136,25 @@ class RecordStore:
                               hint="pass --overwrite to start over in this folder") from None
 
     def repair(self) -> int:
-        """Cut off a torn or corrupt tail of ``records.jsonl``; returns the bytes removed."""
+        """Cut off a torn or unreadable last line of ``records.jsonl``; returns the bytes removed.
+
+        Only the tail is read: records are appended whole, so only the last line can be torn.
+        """
         path = self.records_path
         if not path.is_file():
             return 0
-        size = path.stat().st_size
-        good = 0
-        with path.open("rb") as fh:
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    json.loads(line)
-                except ValueError:
-                    logger.warning("%s: unreadable line at byte %d; dropping it and what follows", path, good)
-                    break
-                good += len(line)
-        if good < size:
-            logger.warning("%s: cutting a torn tail of %d bytes (interrupted run)", path, size - good)
+        removed = 0
+        while True:
+            size = path.stat().st_size
+            cut = _last_good_end(path, size)
+            if cut == size:
+                return removed
+            logger.warning("%s: cutting a torn or unreadable tail of %d bytes (interrupted run)", path, size - cut)
             with path.open("r+b") as fh:
-                fh.truncate(good)
+                fh.truncate(cut)
                 fh.flush()
                 os.fsync(fh.fileno())
-        return size - good
+            removed += size - cut
 
     # --------------------------------------------------------------- writing
     def append(self, records: Iterable[Record]) -> None:
@@ -188,10 +185,14 @@ class RecordStore:
         if not self.records_path.is_file():
             return
         with self.records_path.open("rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, start=1):
                 if not line.endswith(b"\n"):
                     return
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ConfigError(f"{self.records_path}:{number}: not a JSON record",
+                                      hint="the store is damaged; remove that line or start over with --overwrite") from None
 
     def iter_records(self) -> Iterator[Record]:
         """Every stored record (no pixels), in store order."""
@@ -200,10 +201,45 @@ class RecordStore:
 
     def done_sources(self) -> set[str]:
         """Sources already stored (failed ones included: they are not retried)."""
-        return {d["source"] for d in self.iter_dicts() if d.get("source") is not None}
+        sources: set[str] = set()
+        if not self.records_path.is_file():
+            return sources
+        with self.records_path.open("rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                match = _SOURCE_PREFIX.match(line)  # records start with "source": skip the rest
+                source = json.loads(match.group(1)) if match else json.loads(line).get("source")
+                if source is not None:
+                    sources.add(source)
+        return sources
 
     def __len__(self) -> int:
         return sum(1 for _ in self.iter_dicts())
+
+
+_SOURCE_PREFIX = re.compile(rb'\{"source":("(?:[^"\\]|\\.)*"|null)[,}]')
+
+
+def _last_good_end(path: Path, size: int, block: int = 1 << 20) -> int:
+    """Byte offset just after the last complete, readable line (0 if there is none)."""
+    with path.open("rb") as fh:
+        start, buf = size, b""
+        while True:  # read backwards until the last complete line is wholly in buf
+            last_nl = buf.rfind(b"\n")
+            if last_nl >= 0 and (buf.rfind(b"\n", 0, last_nl) >= 0 or start == 0):
+                break
+            if start == 0:
+                return 0  # no newline at all
+            start = max(0, start - block)
+            fh.seek(start)
+            buf = fh.read(size - start)
+    line_start = buf.rfind(b"\n", 0, last_nl) + 1
+    try:
+        json.loads(buf[line_start:last_nl + 1])
+    except ValueError:
+        return start + line_start
+    return start + last_nl + 1
 
 
 def _error_line(record: Record | dict[str, Any]) -> str:

@@ -251,3 +251,15 @@ def test_export_command_rewrites_from_the_store(annotated, tmp_path):
     assert bad.exit_code == 2 and "no run store" in bad.output
     bad = CliRunner().invoke(app, ["export", str(store.directory), "--format", "cocoa"])
     assert bad.exit_code == 2 and "unknown export format" in bad.output
+
+
+def test_rewriting_removes_files_of_images_no_longer_in_the_store(annotated, tmp_path):
+    store, written = annotated
+    out = tmp_path / "again"
+    (out / "yolo" / "labels").mkdir(parents=True)
+    (out / "yolo" / "labels" / "gone.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (out / "yolo" / "notes.md").write_text("mine")
+    export_store(store, ["yolo-det"], out)
+    assert not (out / "yolo" / "labels" / "gone.txt").exists() and (out / "yolo" / "notes.md").exists()
+    assert sorted(p.name for p in (out / "yolo" / "labels").iterdir()) == \
+        sorted(p.name for p in (written["yolo-det"].parent / "labels").iterdir())

@@ -100,3 +100,22 @@ def test_finalize_rewrites_errors_from_the_records(tmp_path):
 def test_open_needs_an_existing_store(tmp_path):
     with pytest.raises(ConfigError, match="no run store"):
         RecordStore.open(tmp_path)
+
+
+def test_tail_scan_and_source_fast_path_with_odd_names(tmp_path):
+    from ram_grounded.store import _last_good_end
+
+    store = RecordStore.create_or_resume(tmp_path, PIPE)
+    odd = ['a "quoted" \\ name.png', "日本/画像.jpg", None]
+    store.append([Record(source=s) for s in odd])
+    assert store.done_sources() == {s for s in odd if s is not None}
+    assert [d["source"] for d in store.iter_dicts()] == odd
+    size = store.records_path.stat().st_size
+    for block in (1, 7, 1 << 20):  # small blocks: the backwards scan must grow across lines
+        assert _last_good_end(store.records_path, size, block=block) == size
+    with store.records_path.open("ab") as fh:
+        fh.write(b'{"source":"x"')
+    assert _last_good_end(store.records_path, store.records_path.stat().st_size, block=5) == size
+    only_torn = tmp_path / "torn.jsonl"
+    only_torn.write_bytes(b'{"source":"x"')
+    assert _last_good_end(only_torn, only_torn.stat().st_size) == 0

@@ -61,6 +61,7 @@ def export_store(store: RecordStore, formats: Iterable[str], out_dir: str | Path
     written: dict[str, Path] = {}
     for fmt in formats:
         target = root / FORMATS[fmt]
+        _clear_stale(target)
         if fmt == "coco":
             written[fmt] = export_coco(dataset, target, images=images)
         elif fmt == "yolo-det":
@@ -77,3 +78,14 @@ def export_store(store: RecordStore, formats: Iterable[str], out_dir: str | Path
         elif fmt == "jsonl":
             written[fmt] = export_jsonl(store, target)
     return written
+
+
+#: Files an exporter owns inside its folder (removed before rewriting, so none go stale).
+_OWNED = ("images/*", "labels/*.txt", "Annotations/*.xml", "JPEGImages/*")
+
+
+def _clear_stale(target: Path) -> None:
+    for pattern in _OWNED:
+        for path in target.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
