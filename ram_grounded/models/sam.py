@@ -17,6 +17,7 @@ import pickle
 import re
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "HFSamPredictor",
     "load_official",
     "load_hub",
+    "load_path",
     "build_tiny",
     "build_official_sam",
     "load_sam_state_dict",
@@ -151,6 +153,17 @@ def load_hub(card: Any, location: str | Path, device: str | torch.device = "cpu"
         processor = _image_processor(size)
     name = getattr(card, "name", None) or str(location)
     return HFSamPredictor(model, processor, model_id=name).to(device).eval()
+
+
+def load_path(path: str | Path, arch: str, device: str | torch.device = "cpu") -> SamBoxPredictor:
+    """A local SAM checkpoint of ``arch`` (``sam`` file, ``sam-hf`` / ``sam-hq-hf`` directory).
+
+    The variant of an official file comes from its name or, failing that, its weights.
+    """
+    card = SimpleNamespace(name=str(path), arch=arch, revision=None, filename=None, extra={})
+    if arch == "sam":
+        return load_official(card, path, device)
+    return load_hub(card, path, device)
 
 
 def build_tiny(card: Any, seed: int = 0) -> SamBoxPredictor:
