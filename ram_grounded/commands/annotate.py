@@ -70,13 +70,16 @@ def register(app: typer.Typer) -> None:
 
 
 def _guard(job) -> int:
-    from ..cli import EXIT_INTERRUPTED
+    from ..cli import EXIT_INTERRUPTED, EXIT_USAGE
 
     try:
         return job()
     except RamGroundedError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         return exc.exit_code
+    except OSError as exc:  # e.g. --out not writable, disk full: the user's to fix, no traceback
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         typer.secho("interrupted (run the same command again to resume)", err=True)
         return EXIT_INTERRUPTED
