@@ -73,27 +73,15 @@ class Backend:
         return self._variants.get(key, self.pipeline).process_batch(records)
 
     def key_for(self, classes: list[str] | None) -> tuple[str, ...]:
-        """Queue key of the pipeline variant that grounds ``classes`` (made on first use).
-
-        A ``prompt_from_tags`` stage gets ``classes`` set on a copy; a pipeline that takes
-        ``prompt`` as an input gets the classes as each record's prompt instead.
-        """
+        """Queue key of the pipeline variant that grounds ``classes`` (made on first use)."""
         if not classes:
             return DEFAULT_KEY
         key = tuple(classes)
         if key not in self._variants:
-            stages, changed = [], False
-            for stage in self.pipeline.stages:
-                if stage.name == "prompt_from_tags" and hasattr(stage, "classes"):
-                    stage = copy.copy(stage)
-                    stage.classes = list(classes)
-                    changed = True
-                stages.append(stage)
-            if not changed:
+            variant = pipeline_for_classes(self.pipeline, classes)
+            if variant is self.pipeline:
                 return DEFAULT_KEY
-            self._variants[key] = Pipeline(stages, inputs=self.pipeline.inputs, name=self.pipeline.name,
-                                           description=self.pipeline.description,
-                                           max_pixels=self.pipeline.max_pixels)
+            self._variants[key] = variant
         return key
 
     def warmup(self) -> None:
@@ -136,6 +124,25 @@ class Backend:
         """The served pipeline, for ``/v1/pipelines`` and ``/health``."""
         return {"name": self.pipeline.name, "model_version": self.model_version,
                 "stages": [s.name for s in self.pipeline.stages], "inputs": sorted(self.pipeline.inputs)}
+
+
+def pipeline_for_classes(pipe: Pipeline, classes: list[str]) -> Pipeline:
+    """``pipe`` grounding ``classes``: its ``prompt_from_tags`` stage gets ``classes`` on a copy.
+
+    Model stages are shared, not copied. Returns ``pipe`` itself when it has no such stage
+    (a pipeline taking ``prompt`` as an input gets the classes as each record's prompt).
+    """
+    stages, changed = [], False
+    for stage in pipe.stages:
+        if stage.name == "prompt_from_tags" and hasattr(stage, "classes"):
+            stage = copy.copy(stage)
+            stage.classes = list(classes)
+            changed = True
+        stages.append(stage)
+    if not changed:
+        return pipe
+    return Pipeline(stages, inputs=pipe.inputs, name=pipe.name, description=pipe.description,
+                    max_pixels=pipe.max_pixels)
 
 
 def _policy(config: ServeConfig) -> UrlPolicy:
