@@ -23,6 +23,15 @@ def _card(arch: str, name: str = "test", **extra) -> types.SimpleNamespace:
     return types.SimpleNamespace(name=name, arch=arch, revision=None, filename=None, extra=extra)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core box they lose 10-50x to spinning."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=ARCHS)
 def predictor(request):
     return build_tiny(_card(request.param), seed=0)
@@ -226,3 +235,20 @@ def test_stage_loads_a_local_official_file(tmp_path, monkeypatch):
     expected, _ = tiny.segment_boxes(a.image, a.detections.xyxy)
     np.testing.assert_array_equal(a.detections.mask, expected)
     assert isinstance(load_path(path, "sam"), type(tiny))
+
+
+def test_stage_runs_in_a_pipeline_and_round_trips_yaml(monkeypatch):
+    from ram_grounded.pipeline import Pipeline
+    from ram_grounded.registry import get_stage
+
+    monkeypatch.setenv("RAM_GROUNDED_ZOO", "tiny")
+    assert get_stage("sam") is SamSegmenter
+    pipe = Pipeline([SamSegmenter(model="sam-vit-base", multimask=True, device="cpu")], inputs=["detections"])
+    again = Pipeline.from_yaml(pipe.to_yaml())
+    assert again.stages[0].params() == pipe.stages[0].params()
+    record = _records()[0]
+    out = again(record)
+    assert out.error is None, out.error
+    assert out.detections.mask.shape == (2, 50, 70) and out.meta["sam"]["multimask"] is True
+    with pytest.raises(ConfigError, match="reads 'detections'"):
+        Pipeline([SamSegmenter()])
