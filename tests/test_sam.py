@@ -60,6 +60,19 @@ def test_batched_masks_equal_one_box_at_a_time(predictor, multimask):
         np.testing.assert_allclose(one_score[0], scores[i], rtol=1e-5, atol=1e-6)
 
 
+def test_several_images_in_one_encoder_batch_equal_one_at_a_time(predictor):
+    sizes = [(40, 70), (66, 30), (25, 25), (50, 50)]
+    images = [_image(h, w, seed=h + w) for h, w in sizes]
+    boxes = [_boxes(h, w, n, seed=n) for (h, w), n in zip(sizes, [3, 1, 0, 2])]  # one image has none
+    batched = predictor.segment_batch(images, boxes, chunk_size=2, image_batch_size=3)  # groups 3 + 0
+    assert len(batched) == 4
+    for image, b, (masks, scores) in zip(images, boxes, batched):
+        one_masks, one_scores = predictor.segment_boxes(image, b)
+        assert masks.shape == (len(b), *image.shape[:2])
+        np.testing.assert_array_equal(masks, one_masks)
+        np.testing.assert_allclose(scores, one_scores, rtol=1e-4, atol=1e-5)
+
+
 def test_masks_follow_the_box(predictor):
     image = _image(80, 120)
     boxes = np.array([[0, 0, 40, 30], [70, 40, 120, 80]], dtype=np.float32)

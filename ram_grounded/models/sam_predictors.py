@@ -40,7 +40,6 @@ class SamBoxPredictor(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    @torch.inference_mode()
     def segment_boxes(
         self,
         image: np.ndarray,
@@ -53,26 +52,52 @@ class SamBoxPredictor(nn.Module):
         ``multimask=True`` asks the decoder for its three candidates per box and keeps the
         one with the highest predicted IoU; ``False`` (default) takes the single-mask output.
         """
-        image = _check_image(image)
-        boxes = _check_boxes(boxes_xyxy)
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}", hint="use e.g. 64")
-        height, width = image.shape[:2]
-        if len(boxes) == 0:
-            return np.zeros((0, height, width), dtype=bool), np.zeros((0,), dtype=np.float32)
-        state = self._embed(image)
-        masks, scores = [], []
-        for start in range(0, len(boxes), chunk_size):
-            chunk = torch.as_tensor(boxes[start : start + chunk_size], device=self.device)
-            m, s = self._decode(state, chunk, multimask)  # m: bool [n,C,H,W], s: [n,C]
-            best = s.argmax(dim=1)
-            rows = torch.arange(len(best), device=best.device)
-            masks.append(m[rows, best].cpu().numpy())
-            scores.append(s[rows, best].float().cpu().numpy())
-        return np.concatenate(masks).astype(bool, copy=False), np.concatenate(scores).astype(np.float32)
+        return self.segment_batch([image], [boxes_xyxy], multimask=multimask, chunk_size=chunk_size)[0]
 
-    def _embed(self, image: np.ndarray) -> Any:
-        """Everything the decoder needs about one image (computed once)."""
+    @torch.inference_mode()
+    def segment_batch(
+        self,
+        images: list[np.ndarray],
+        boxes: list[np.ndarray],
+        multimask: bool = False,
+        chunk_size: int = 64,
+        image_batch_size: int = 4,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`segment_boxes` for several images, encoded ``image_batch_size`` per forward.
+
+        Images without boxes are not encoded at all. (SAM's global-attention layers hold an
+        N^2 attention map: about 1 GB per image for ViT-H in float32, hence the bound.)
+        """
+        if chunk_size < 1 or image_batch_size < 1:
+            raise ConfigError(f"chunk_size and image_batch_size must be >= 1, got {chunk_size}, "
+                              f"{image_batch_size}", hint="use e.g. 64 and 4")
+        if len(images) != len(boxes):
+            raise ConfigError(f"{len(images)} images but {len(boxes)} box arrays", hint="pass one per image")
+        images = [_check_image(image) for image in images]
+        boxes = [_check_boxes(b) for b in boxes]
+        todo = [i for i, b in enumerate(boxes) if len(b)]
+        states: dict[int, Any] = {}
+        for start in range(0, len(todo), image_batch_size):
+            group = todo[start : start + image_batch_size]
+            states.update(zip(group, self._embed([images[i] for i in group])))
+        results = []
+        for i, image in enumerate(images):
+            if i not in states:
+                results.append((np.zeros((0, *image.shape[:2]), dtype=bool), np.zeros((0,), dtype=np.float32)))
+                continue
+            masks, scores = [], []
+            for start in range(0, len(boxes[i]), chunk_size):
+                chunk = torch.as_tensor(boxes[i][start : start + chunk_size], device=self.device)
+                m, s = self._decode(states[i], chunk, multimask)  # m: bool [n,C,H,W], s: [n,C]
+                best = s.argmax(dim=1)
+                rows = torch.arange(len(best), device=best.device)
+                masks.append(m[rows, best].cpu().numpy())
+                scores.append(s[rows, best].float().cpu().numpy())
+            results.append((np.concatenate(masks).astype(bool, copy=False), np.concatenate(scores)))
+        return results
+
+    def _embed(self, images: list[np.ndarray]) -> list[Any]:
+        """Everything the decoder needs about each image (one encoder forward for all)."""
         raise NotImplementedError
 
     def _decode(self, state: Any, boxes: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,12 +117,17 @@ class OfficialSamPredictor(SamBoxPredictor):
         self.sam = sam.eval()
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
-    def _embed(self, image: np.ndarray) -> dict[str, Any]:
-        resized = self.transform.apply_image(image)  # longest side -> encoder size (PIL bilinear)
-        pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].contiguous()
-        input_size = tuple(pixels.shape[-2:])
-        features = self.sam.image_encoder(self.sam.preprocess(pixels))  # normalise + pad
-        return {"features": features, "input_size": input_size, "original_size": image.shape[:2]}
+    def _embed(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        batch, states = [], []
+        for image in images:
+            resized = self.transform.apply_image(image)  # longest side -> encoder size (PIL bilinear)
+            pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].contiguous()
+            batch.append(self.sam.preprocess(pixels))  # normalise + pad to a square: images stack
+            states.append({"input_size": tuple(pixels.shape[-2:]), "original_size": image.shape[:2]})
+        features = self.sam.image_encoder(torch.cat(batch))
+        for state, feature in zip(states, features):
+            state["features"] = feature[None]
+        return states
 
     def _decode(self, state: dict[str, Any], boxes: torch.Tensor, multimask: bool):
         boxes = self.transform.apply_boxes_torch(boxes.float(), state["original_size"])
@@ -126,18 +156,24 @@ class HFSamPredictor(SamBoxPredictor):
         # SAM-HQ's own default: the HQ token corrects SAM's mask rather than replacing it
         self.hq_token_only = hq_token_only
 
-    def _embed(self, image: np.ndarray) -> dict[str, Any]:
-        inputs = self.image_processor(images=image, return_tensors="pt")
+    def _embed(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        inputs = self.image_processor(images=images, return_tensors="pt")  # resized + padded: stackable
         pixels = inputs["pixel_values"].to(self.device, dtype=next(self.model.parameters()).dtype)
-        state: dict[str, Any] = {
-            "original_size": tuple(int(v) for v in inputs["original_sizes"][0]),
-            "reshaped_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][0]),
-        }
         if self.is_hq:
-            state["features"], state["intermediate"] = self.model.get_image_embeddings(pixels)
+            features, intermediate = self.model.get_image_embeddings(pixels)
         else:
-            state["features"] = self.model.get_image_embeddings(pixels)
-        return state
+            features, intermediate = self.model.get_image_embeddings(pixels), None
+        states = []
+        for i in range(len(images)):
+            state: dict[str, Any] = {
+                "features": features[i : i + 1],
+                "original_size": tuple(int(v) for v in inputs["original_sizes"][i]),
+                "reshaped_size": tuple(int(v) for v in inputs["reshaped_input_sizes"][i]),
+            }
+            if intermediate is not None:
+                state["intermediate"] = [t[i : i + 1] for t in intermediate]
+            states.append(state)
+        return states
 
     def _decode(self, state: dict[str, Any], boxes: torch.Tensor, multimask: bool):
         (h, w), (rh, rw) = state["original_size"], state["reshaped_size"]

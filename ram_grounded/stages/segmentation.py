@@ -44,6 +44,8 @@ class SamSegmenter(ModelStage):
         multimask: ask for three candidate masks per box and keep the one with the highest
             predicted IoU (default False: SAM's single-mask output, best for box prompts).
         chunk_size: boxes per decoder call; bounds memory at ``chunk_size`` x H x W.
+        image_batch_size: images per image-encoder forward (ViT-H needs about 1 GB of
+            activations per image in float32).
     """
 
     name: ClassVar[str] = "sam"
@@ -54,13 +56,15 @@ class SamSegmenter(ModelStage):
     backend: str = "auto"
     multimask: bool = False
     chunk_size: int = 64
+    image_batch_size: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.backend not in BACKENDS:
             raise ConfigError(f"sam: unknown backend {self.backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
-        if int(self.chunk_size) < 1:
-            raise ConfigError(f"sam: chunk_size must be >= 1, got {self.chunk_size}", hint="use e.g. 64")
+        if int(self.chunk_size) < 1 or int(self.image_batch_size) < 1:
+            raise ConfigError(f"sam: chunk_size and image_batch_size must be >= 1, got {self.chunk_size}, "
+                              f"{self.image_batch_size}", hint="use e.g. 64 and 4")
         self._predictor: Any = None
 
     def resolve(self) -> tuple[str, str]:
@@ -102,10 +106,15 @@ class SamSegmenter(ModelStage):
         for record in records:
             if record.image is None:
                 raise StageError("sam: the record has no image pixels", hint="keep images in memory for this stage")
+        results = predictor.segment_batch(
+            [r.image for r in records],
+            [r.detections.xyxy for r in records],
+            multimask=bool(self.multimask),
+            chunk_size=int(self.chunk_size),
+            image_batch_size=int(self.image_batch_size),
+        )
+        for record, (masks, scores) in zip(records, results):
             det = record.detections
-            masks, scores = predictor.segment_boxes(
-                record.image, det.xyxy, multimask=bool(self.multimask), chunk_size=int(self.chunk_size)
-            )
             det.mask = masks  # [N,H,W] bool; [0,H,W] when there are no boxes
             det.data["mask_score"] = scores.astype(np.float32)
             record.meta["sam"] = dict(meta)
