@@ -103,8 +103,18 @@ class ClipTextEncoder:
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                                  max_length=max_len, return_tensors="pt").to(self.device)
-            out.append(self.model(**enc).text_embeds.float().cpu())
+            if hasattr(self.model, "get_text_features"):  # a full CLIPModel (e.g. the zoo's bundle)
+                feats = self.model.get_text_features(**enc)
+                feats = getattr(feats, "pooler_output", feats)  # transformers 5: output object
+            else:  # CLIPTextModelWithProjection
+                feats = self.model(**enc).text_embeds
+            out.append(feats.float().cpu())
         return torch.cat(out) if out else torch.empty(0, 0)
+
+    @property
+    def dim(self) -> int:
+        """Width of the text embeddings (512 for ViT-B/16, as RAM's label embeddings)."""
+        return int(self.model.config.projection_dim)
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:

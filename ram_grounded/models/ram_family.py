@@ -7,6 +7,7 @@ Public API:
     ``build_tiny(card, seed) -> model``                     seeded tiny random model (CPU)
     ``build_from_golden(folder) -> model``                  a golden fixture's model, loaded strictly
     ``load_checkpoint_into(model, path)``                   safe read + official key handling + strict
+    ``load_local(path, arch=None, device)``                 local official file, arch guessed from keys
 """
 
 from __future__ import annotations
@@ -165,6 +166,26 @@ def load_pretrained(card: Any, location: str | Path, device: Any = "cpu") -> tor
     return model.eval().to(device)
 
 
+def load_local(path: str | Path, arch: str | None = None, device: Any = "cpu") -> torch.nn.Module:
+    """A released-configuration model from a local official file; ``arch`` guessed from its keys if None."""
+    from ..zoo import default_card, load_state_dict
+    from .ram_checkpoint import identify_checkpoint, load_official_state_dict
+
+    state_dict = load_state_dict(path)
+    found = identify_checkpoint(list(state_dict))
+    arch = arch or found
+    if arch not in ARCHS:
+        name = MODEL_NAMES.get(found or "", "an unknown model")
+        raise ConfigError(f"{path} is not a RAM / RAM++ / Tag2Text checkpoint (it looks like {name})",
+                          hint="give an official ram/ram_plus/tag2text .pth, or set the arch")
+    model = build_model(released_config(arch))
+    load_official_state_dict(model, state_dict, arch, source=str(path))
+    del state_dict
+    if arch == "tag2text":
+        model.tokenizer = _release_tokenizer(default_card(arch))
+    return model.eval().to(device)
+
+
 # ------------------------------------------------------------------ tiny models
 TINY_SWIN = {"image_res": 224, "window_size": 7, "embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8]}
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -198,6 +219,20 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.1 * noise)
 
 
+def _calibrate_tiny_bias(model: torch.nn.Module, seed: int, fired: int = 8) -> None:
+    """Shift the output bias so about ``fired`` tags pass their thresholds on a noise image
+    (random tiny weights would otherwise report nothing, which makes dry runs uninformative)."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(1, 3, model.image_size, model.image_size, generator=gen)
+    with torch.no_grad():
+        logits = model(pixels)[0]
+        thr = model.class_threshold.clamp(1e-4, 1 - 1e-4)
+        margin = logits - torch.log(thr / (1 - thr))
+        shift = -torch.topk(margin, min(fired, margin.numel())).values[-1] + 0.05
+        bias = model.fc.b if hasattr(model.fc, "b") else model.fc.bias
+        bias.add_(shift)
+
+
 def build_tiny(card: Any, seed: int = 0) -> torch.nn.Module:
     """Tiny random-weight model of ``card.arch`` with the shipped tag lists (CPU, eval mode)."""
     from .tokenizer import build_tiny_tokenizer
@@ -205,6 +240,7 @@ def build_tiny(card: Any, seed: int = 0) -> torch.nn.Module:
     tokenizer = build_tiny_tokenizer(card, seed)
     model = build_model(tiny_config(card.arch, len(tokenizer)))
     randomize_(model, seed)
+    _calibrate_tiny_bias(model.eval(), seed)
     if card.arch == "tag2text":
         model.tokenizer = tokenizer
     return model.eval()
