@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,7 +70,8 @@ def load_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: a 2.5 GB file is paged in as load_state_dict copies it, not held twice in RAM
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path} holds pickled Python objects, not just tensors; refusing to unpickle it",
