@@ -137,14 +137,18 @@ def run_uvicorn(app, port: int | None = None):  # noqa: ANN001
 
 
 @contextlib.contextmanager
-def image_server(files: dict[str, bytes], redirects: dict[str, str] | None = None):
-    """A loopback HTTP server: ``files`` by path, ``redirects`` path -> Location (302)."""
-    redirects = redirects or {}
+def image_server(files: dict[str, bytes], redirects: dict[str, str] | None = None,
+                 auth_log: list[tuple[str, str | None]] | None = None):
+    """A loopback HTTP server: ``files`` by path, ``redirects`` path -> Location (302);
+    ``auth_log`` collects (path, Authorization header) of every request."""
+    redirects = redirects if redirects is not None else {}
     hits: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             hits.append(self.path)
+            if auth_log is not None:
+                auth_log.append((self.path, self.headers.get("Authorization")))
             if self.path in redirects:
                 self.send_response(302)
                 self.send_header("Location", redirects[self.path])

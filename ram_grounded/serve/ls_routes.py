@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import ImageLoadError, RamGroundedError
+from ..errors import ConfigError, ImageLoadError, RamGroundedError
 from ..record import Record
 from .backend import Backend
 from .labelstudio import LabelConfig, ProjectInfo, parse_label_config, project_key, record_to_prediction
@@ -47,6 +47,12 @@ async def health(request: Request) -> dict[str, Any]:
     """Liveness for Label Studio (no token needed)."""
     backend = _backend(request)
     return {"status": "UP", "model_class": "ram-grounded", "model_version": backend.model_version}
+
+
+@router.get("/versions")
+async def versions(request: Request) -> dict[str, Any]:
+    """The model versions this backend can answer with (one: the served pipeline)."""
+    return {"versions": [_backend(request).model_version]}
 
 
 @router.post("/setup")
@@ -83,7 +89,7 @@ async def predict(request: Request, payload: PredictRequest) -> dict[str, Any]:
     info = backend.projects.get(project_key(payload.project), ProjectInfo())
     schema = payload.label_config or info.schema
     if not schema:
-        raise RamGroundedError("no labeling config: /predict carried none and /setup was not called",
+        raise ConfigError("no labeling config: /predict carried none and /setup was not called",
                                hint="connect the backend to the project in Label Studio again")
     config = parse_label_config(schema)
     classes = config.prompt_classes
