@@ -17,6 +17,17 @@ CLIP_DIM = 512  # RAM / RAM++ hard-code this encoder width for tag_encoder and t
 PREFIXES = ("tag_encoder.", "text_decoder.", "tagging_head.")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is much faster (and immune to CPU oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _folders() -> list[str]:
     root = golden_root() / "ram"
     found = sorted(p.parent.name for p in root.glob("*/config.json")) if root.is_dir() else []
