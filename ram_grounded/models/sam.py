@@ -103,8 +103,7 @@ def load_official(card: Any, location: str | Path, device: str | torch.device = 
     wanted = _card_variant(card, location)
     found = detect_variant(state)
     if found is None:
-        hint = "this looks like a SAM-HQ file" if any("hf_token" in k for k in state) else "pass a sam_vit_* file"
-        raise WrongCheckpointError(f"{location} is not a segment-anything SAM checkpoint", hint=hint)
+        raise WrongCheckpointError(f"{location} is not a segment-anything SAM checkpoint", hint="pass a sam_vit_* file")
     if wanted is not None and found != wanted:
         raise WrongCheckpointError(
             f"{location} is a SAM {found} checkpoint, but {wanted} was asked for",
@@ -203,7 +202,8 @@ def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], location: Any)
         raise WrongCheckpointError(
             f"{location} does not fit SAM: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(extra)} unexpected (e.g. {extra[:3]}), {len(shapes)} with other shapes (e.g. {shapes[:3]})",
-            hint="pass the released sam_vit_* file for this variant",
+            hint="this is a SAM-HQ file: use the sam-hq-vit-* models (transformers)"
+            if any("hf_token" in k for k in extra) else "pass the released sam_vit_* file for this variant",
         )
 
 
