@@ -109,3 +109,22 @@ def test_webhook_and_health(ls_backend) -> None:
     assert status == 400 and "labeling config" in out["error"]
     status, out, _ = call(base, "POST", "/predict", b'{"nope": 1}', {"Content-Type": "application/json"})
     assert status == 422 and out["error"] == "invalid request body"
+
+
+def test_label_values_become_the_prompt_of_prompt_from_tags() -> None:
+    from test_serve_fakes import TAGS, FakeDetector, FakeTagger
+
+    from ram_grounded.pipeline import Pipeline
+    from ram_grounded.pipeline_yaml import build_stage
+    from ram_grounded.record import Record
+    from ram_grounded.serve.backend import pipeline_for_classes
+
+    pipe = Pipeline([FakeTagger(), build_stage("prompt_from_tags", {"classes": ["car"]}), FakeDetector()], name="p")
+    image = np.zeros((20, 30, 3), np.uint8)
+    only = pipeline_for_classes(pipe, ["zebra", "cat"], only=True)(Record(image=image))
+    assert only.prompt == ["zebra", "cat"]
+    assert list(only.detections.data["class_name"]) == ["zebra", "cat"]
+    extra = pipeline_for_classes(pipe, ["zebra"])(Record(image=image))
+    assert extra.prompt[: len(TAGS)] == [n for n, _ in TAGS] and extra.prompt[len(TAGS):] == ["car", "zebra"]
+    assert pipe.stages[1].classes == ["car"] and pipe(Record(image=image)).prompt[-1] == "car"  # untouched
+    assert pipeline_for_classes(pipe, ["x"], only=True).stages[0] is pipe.stages[0]  # models shared

@@ -6,7 +6,7 @@ record on the device's :class:`~ram_grounded.serve.batching.BatchQueue`.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -64,21 +64,21 @@ class Backend:
         self.model_version = f"{self.pipeline.name}@ram-grounded-{__version__}{suffix}"
         self.policy = _policy(config)
         self.projects: dict[str, ProjectInfo] = {}
-        self._variants: dict[tuple[str, ...], Pipeline] = {DEFAULT_KEY: self.pipeline}
+        self._variants: dict[tuple[Any, ...], Pipeline] = {DEFAULT_KEY: self.pipeline}
         self.queue = BatchQueue(self._run_group, max_batch=config.max_batch, max_wait=config.max_wait,
                                 device=config.device)
 
     # --------------------------------------------------------------- pipelines
-    def _run_group(self, key: tuple[str, ...], records: list[Record]) -> list[Record]:
+    def _run_group(self, key: tuple[Any, ...], records: list[Record]) -> list[Record]:
         return self._variants.get(key, self.pipeline).process_batch(records)
 
-    def key_for(self, classes: list[str] | None) -> tuple[str, ...]:
+    def key_for(self, classes: list[str] | None, only: bool = False) -> tuple[Any, ...]:
         """Queue key of the pipeline variant that grounds ``classes`` (made on first use)."""
         if not classes:
             return DEFAULT_KEY
-        key = tuple(classes)
+        key = (only, *classes)
         if key not in self._variants:
-            variant = pipeline_for_classes(self.pipeline, classes)
+            variant = pipeline_for_classes(self.pipeline, classes, only=only)
             if variant is self.pipeline:
                 return DEFAULT_KEY
             self._variants[key] = variant
@@ -102,11 +102,15 @@ class Backend:
             record.error = str(exc)
         return self.pipeline.to_record(record)
 
-    async def annotate(self, record: Record, classes: list[str] | None = None) -> Record:
-        """Run ``record`` through the (class-specific) pipeline via the batch queue."""
+    async def annotate(self, record: Record, classes: list[str] | None = None, *, only: bool = False) -> Record:
+        """Run ``record`` through the pipeline via the batch queue.
+
+        ``classes`` are grounded besides the tags, or instead of them with ``only``
+        (Label Studio: the project's labels are all an annotator can use).
+        """
         if not record.ok:
             return record
-        key = self.key_for(classes)
+        key = self.key_for(classes, only)
         if classes and key == DEFAULT_KEY and "prompt" in self.pipeline.inputs:
             record.prompt = list(classes)
         return await self.queue.run(record, key, timeout=self.config.request_timeout)
@@ -126,17 +130,23 @@ class Backend:
                 "stages": [s.name for s in self.pipeline.stages], "inputs": sorted(self.pipeline.inputs)}
 
 
-def pipeline_for_classes(pipe: Pipeline, classes: list[str]) -> Pipeline:
-    """``pipe`` grounding ``classes``: its ``prompt_from_tags`` stage gets ``classes`` on a copy.
+def pipeline_for_classes(pipe: Pipeline, classes: list[str], *, only: bool = False) -> Pipeline:
+    """``pipe`` grounding ``classes`` too (``only``: instead of the tags).
 
-    Model stages are shared, not copied. Returns ``pipe`` itself when it has no such stage
-    (a pipeline taking ``prompt`` as an input gets the classes as each record's prompt).
+    Its ``prompt_from_tags`` stage is rebuilt with ``classes`` (and ``use_tags=False`` when
+    ``only``); model stages are shared, not copied. Returns ``pipe`` itself when it has no
+    such stage (a pipeline taking ``prompt`` as an input gets the classes as each record's
+    prompt instead).
     """
     stages, changed = [], False
     for stage in pipe.stages:
-        if stage.name == "prompt_from_tags" and hasattr(stage, "classes"):
-            stage = copy.copy(stage)
-            stage.classes = list(classes)
+        if stage.name == "prompt_from_tags" and dataclasses.is_dataclass(stage) and hasattr(stage, "classes"):
+            changes: dict[str, Any] = {"classes": list(classes)}
+            if only and hasattr(stage, "use_tags"):
+                changes["use_tags"] = False
+            else:
+                changes["classes"] = list(getattr(stage, "classes") or []) + list(classes)
+            stage = dataclasses.replace(stage, **changes)
             changed = True
         stages.append(stage)
     if not changed:

@@ -94,7 +94,7 @@ async def predict(request: Request, payload: PredictRequest) -> dict[str, Any]:
     config = parse_label_config(schema)
     classes = config.prompt_classes
     records = await asyncio.gather(*(_task_record(backend, task, config, info) for task in payload.tasks))
-    done = await asyncio.gather(*(backend.annotate(r, classes) for r in records))
+    done = await asyncio.gather(*(backend.annotate(r, classes, only=True) for r in records))
     results = []
     for task, record in zip(payload.tasks, done):
         prediction = record_to_prediction(record, config, backend.model_version)

@@ -81,7 +81,9 @@ def _run(context: Any, data: bytes, classes: list[str]) -> Record:
     if classes:
         key = tuple(classes)
         variants = context.user_data.variants
-        pipe = variants.setdefault(key, pipeline_for_classes(pipe, classes))
+        if key not in variants:
+            variants[key] = pipeline_for_classes(pipe, classes, only=True)
+        pipe = variants[key]
     record = Record(source="cvat")
     try:
         record.image = load_image(data, max_pixels=MAX_PIXELS)
