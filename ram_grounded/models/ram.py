@@ -16,6 +16,8 @@ hold the caption branch (``tag_encoder``, ``text_decoder``) so released files lo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -261,10 +263,28 @@ class Tag2Text(_TaggerBase):
 MODEL_CLASSES: dict[str, type[_TaggerBase]] = {"ram": RAM, "ram_plus": RAMPlus, "tag2text": Tag2Text}
 
 
-def build_model(config: RamConfig) -> _TaggerBase:
-    """Instantiate the class for ``config.arch`` (weights uninitialised; load a checkpoint next)."""
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Skip torch's random parameter init (seconds for Swin-L) when a checkpoint overwrites it all."""
+    names = ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def build_model(config: RamConfig, init_weights: bool = True) -> _TaggerBase:
+    """Instantiate the class for ``config.arch``; ``init_weights=False`` leaves parameters
+    uninitialised (use only when a checkpoint is loaded next)."""
     try:
         cls = MODEL_CLASSES[config.arch]
     except KeyError:
         raise ValueError(f"unknown RAM-family arch {config.arch!r}; use one of {sorted(MODEL_CLASSES)}") from None
-    return cls(config)
+    if init_weights:
+        return cls(config)
+    with _skip_random_init():
+        return cls(config)

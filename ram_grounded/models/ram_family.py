@@ -158,7 +158,7 @@ def load_pretrained(card: Any, location: str | Path, device: Any = "cpu") -> tor
     """Zoo loader: the released configuration of ``card.arch`` with the official file at ``location``."""
     arch = card.arch
     config = released_config(arch, int((getattr(card, "extra", None) or {}).get("image_size", 384)))
-    model = build_model(config)
+    model = build_model(config, init_weights=False)
     logger.info("loading %s from %s", MODEL_NAMES[arch], location)
     load_checkpoint_into(model, location)
     if arch == "tag2text":
@@ -178,7 +178,7 @@ def load_local(path: str | Path, arch: str | None = None, device: Any = "cpu") -
         name = MODEL_NAMES.get(found or "", "an unknown model")
         raise ConfigError(f"{path} is not a RAM / RAM++ / Tag2Text checkpoint (it looks like {name})",
                           hint="give an official ram/ram_plus/tag2text .pth, or set the arch")
-    model = build_model(released_config(arch))
+    model = build_model(released_config(arch), init_weights=False)
     load_official_state_dict(model, state_dict, arch, source=str(path))
     del state_dict
     if arch == "tag2text":
@@ -273,7 +273,7 @@ def build_from_golden(folder: str | Path) -> torch.nn.Module:
     from .tokenizer import tokenizer_from_vocab
 
     folder = Path(folder)
-    model = build_model(golden_config(folder))
+    model = build_model(golden_config(folder), init_weights=False)
     load_checkpoint_into(model, folder / "checkpoint.pth")
     if model.arch == "tag2text":
         model.tokenizer = tokenizer_from_vocab(folder / "vocab.txt")
