@@ -117,7 +117,7 @@ class SamSegmenter(ModelStage):
             det = record.detections
             det.mask = masks  # [N,H,W] bool; [0,H,W] when there are no boxes
             det.data["mask_score"] = scores.astype(np.float32)
-            record.meta["sam"] = dict(meta)
+            record.meta[self.name] = dict(meta)
         return records
 
 
