@@ -123,10 +123,11 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 
 def template_label_embedding(categories: Sequence[str], encoder: TextEncoder) -> torch.Tensor:
     """[K, D]: per category, mean of L2-normalised template embeddings, re-normalised."""
-    rows = []
-    for category in categories:
-        rows.append(_normalise(_normalise(encoder(template_prompts(category))).mean(dim=0)))
-    return torch.stack(rows) if rows else torch.empty(0, 0)
+    if not categories:
+        return torch.empty(0, 0)
+    prompts = [p for category in categories for p in template_prompts(category)]
+    feats = _normalise(encoder(prompts)).view(len(categories), len(MULTIPLE_TEMPLATES), -1)
+    return _normalise(feats.mean(dim=1))
 
 
 def load_tag_descriptions(path: str | Path) -> list[dict[str, list[str]]]:

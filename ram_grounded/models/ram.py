@@ -56,7 +56,7 @@ class RamConfig:
     def num_class(self) -> int:
         return len(self.tag_list)
 
-    def with_tags(self, **changes: Any) -> "RamConfig":
+    def evolve(self, **changes: Any) -> "RamConfig":
         """A copy with some fields replaced (e.g. another threshold vector)."""
         return replace(self, **changes)
 

@@ -199,7 +199,7 @@ def tiny_config(arch: str, vocab_size: int) -> RamConfig:
     full = released_config(arch, 224)
     med = {**TINY_BERT, "vocab_size": vocab_size, "encoder_width": TINY_BERT["hidden_size"]}
     q2l = {**TINY_BERT, "num_attention_heads": 4, "vocab_size": vocab_size}
-    return full.with_tags(swin=SwinConfig.from_dict(TINY_SWIN), q2l_config=q2l,
+    return full.evolve(swin=SwinConfig.from_dict(TINY_SWIN), q2l_config=q2l,
                           med_config=med if full.med_config is not None else None,
                           des_per_class=TINY_DES_PER_CLASS)
 
