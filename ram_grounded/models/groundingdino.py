@@ -122,6 +122,8 @@ def load_original(card: Any, location: str | Path, device: str | torch.device = 
     safetensors in ``<file>.hf/`` (when writable) so the conversion happens once.
     """
     location = Path(location)
+    if location.is_dir():  # a transformers folder (e.g. a saved conversion), not an original file
+        return load_hub(card, str(location), device)
     extra = _extra(card)
     variant = extra.get("variant") or ("swinb_cogcoor" if "swinb" in location.name else "swint_ogc")
     if variant not in ORIGINAL_CONFIGS:
@@ -157,7 +159,7 @@ def load_hub(card: Any, location: str, device: str | torch.device = "cpu") -> Gr
     """Load ``IDEA-Research/grounding-dino-tiny|base`` (or a local transformers folder)."""
     from transformers import AutoProcessor
 
-    revision = _card_get(card, "revision")
+    revision = _card_get(card, "revision") if not Path(location).is_dir() else None
     try:
         processor = AutoProcessor.from_pretrained(location, revision=revision)
         model = GroundingDinoForObjectDetection.from_pretrained(location, revision=revision)
