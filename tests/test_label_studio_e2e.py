@@ -222,3 +222,51 @@ def test_label_studio_stores_our_predictions(label_studio, backend) -> None:
         assert choice["from_name"] == "tags" and choice["value"]["choices"] == [n for n in tag_names if n in ("cat", "tree")]
         (text,) = by_type["textarea"]
         assert text["from_name"] == "caption" and text["value"]["text"] == [fake_caption(h, w)]
+
+
+def test_label_studio_with_the_tiny_real_models(label_studio, monkeypatch) -> None:
+    """RAM -> prompt_from_tags -> Grounding DINO -> SAM (tiny random weights): real masks
+    through label-studio-sdk's brush RLE are stored by Label Studio with the config's labels."""
+    from ram_grounded.pipeline import Pipeline
+    from ram_grounded.pipeline_yaml import build_stage
+
+    monkeypatch.setenv("RAM_GROUNDED_ZOO", "tiny")
+    pipe = Pipeline([build_stage("ram", device="cpu"), build_stage("prompt_from_tags"),
+                     # thresholds 0: random weights still give boxes to check
+                     build_stage("grounding_dino", {"box_threshold": 0.0, "text_threshold": 0.0}, device="cpu"),
+                     build_stage("sam", device="cpu")], name="tiny_ram_grounded_sam")
+    ls = label_studio
+    config = ServeConfig(token=BACKEND_TOKEN, allow_url_hosts=("127.0.0.1",), label_studio_url=ls.url)
+    app = create_app(config, pipeline=pipe)
+    app.state.backend.warmup()
+    sizes = [(48, 64), (64, 40)]
+    project = ls.api("POST", "/api/projects", {"title": "ram-grounded tiny", "label_config": LABEL_CONFIG})
+    pid = project["id"]
+    with run_uvicorn(app) as backend_url:
+        for i, (h, w) in enumerate(sizes):
+            ls.api("POST", f"/api/projects/{pid}/import", files={f"t{i}.png": png_bytes(h, w, seed=10 + i)})
+        ml = ls.api("POST", "/api/ml", {"url": backend_url, "project": pid, "title": "tiny", "is_interactive": False,
+                                        "auth_method": "BASIC_AUTH", "basic_auth_user": "ls",
+                                        "basic_auth_pass": BACKEND_TOKEN})
+        assert ml["state"] == "CO", ml
+        ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+               {"selectedItems": {"all": True, "excluded": []}})
+        tasks = ls.api("GET", f"/api/tasks?project={pid}&page_size=50")
+    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    kinds: set[str] = set()
+    for task in tasks:
+        h, w = sizes[int(re.search(r"t(\d)\.png$", task["data"]["image"]).group(1))]
+        (pred,) = ls.api("GET", f"/api/predictions?task={task['id']}")
+        assert pred["model_version"] == app.state.backend.model_version
+        for region in pred["result"]:
+            kinds.add(region["type"])
+            v = region["value"]
+            assert (region["original_width"], region["original_height"]) == (w, h)
+            if region["type"] == "rectanglelabels":
+                assert v["rectanglelabels"][0] in ("Cat", "Dog")
+                assert -1e-3 <= v["x"] <= v["x"] + v["width"] <= 100 + 1e-3
+                assert -1e-3 <= v["y"] <= v["y"] + v["height"] <= 100 + 1e-3
+            elif region["type"] == "brushlabels":
+                assert v["brushlabels"][0] in ("Cat", "Dog")
+                assert brush_rle_to_mask(v["rle"], h, w).any()
+    assert {"rectanglelabels", "brushlabels"} <= kinds

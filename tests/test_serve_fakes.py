@@ -115,7 +115,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def run_uvicorn(app, port: int | None = None):  # noqa: ANN001
+def run_uvicorn(app, port: int | None = None, timeout: float = 60.0):  # noqa: ANN001
     """Serve ``app`` on 127.0.0.1 in a thread; yields the base URL."""
     import uvicorn
 
@@ -124,7 +124,7 @@ def run_uvicorn(app, port: int | None = None):  # noqa: ANN001
                                            lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + timeout
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
