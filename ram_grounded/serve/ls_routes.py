@@ -5,6 +5,9 @@ token), ``/predict`` with every selected task in one call, and ``/webhook`` on e
 Task images are downloaded from Label Studio itself (relative ``/data/...`` URLs, with
 ``Authorization: Token ...``) or from allowed URLs; all tasks of one call are queued
 together, so they run as one batch.
+
+Label Studio sends no bearer token: in its model settings choose basic auth, any user
+name, and this server's token as the password (the server accepts that as the token).
 """
 
 from __future__ import annotations
