@@ -11,7 +11,8 @@ from test_serve_fakes import fake_pipeline, image_server, png_bytes, run_uvicorn
 
 from ram_grounded.errors import ConfigError
 from ram_grounded.serve import security
-from ram_grounded.serve.security import UrlPolicy, UrlRefused, is_loopback_host, safe_fetch, token_matches
+from ram_grounded.serve.fetch import safe_fetch
+from ram_grounded.serve.security import UrlPolicy, UrlRefused, is_loopback_host, token_matches
 
 
 def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> None:

@@ -22,7 +22,8 @@ from ..pipeline import Pipeline
 from ..record import Record
 from .batching import BatchQueue
 from .labelstudio import ProjectInfo
-from .security import UrlPolicy, safe_fetch
+from .fetch import safe_fetch
+from .security import UrlPolicy
 
 logger = logging.getLogger(__name__)
 

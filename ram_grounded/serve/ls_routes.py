@@ -24,7 +24,7 @@ from ..errors import ConfigError, ImageLoadError, RamGroundedError
 from ..record import Record
 from .backend import Backend
 from .labelstudio import LabelConfig, ProjectInfo, parse_label_config, project_key, record_to_prediction
-from .security import origin_of
+from .fetch import origin_of
 
 logger = logging.getLogger(__name__)
 

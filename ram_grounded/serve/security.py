@@ -9,9 +9,8 @@ URL policy (what ``--allow-url-host`` entries mean):
   private, link-local (e.g. the cloud metadata address 169.254.169.254), multicast and
   reserved addresses are refused unless an IP/CIDR entry covers them. The connection
   then goes to the checked address itself, so a second DNS answer cannot swap it.
-- Redirects are followed by hand (at most :data:`MAX_REDIRECTS`), each hop checked again.
-- The body is limited in size (Content-Length and while streaming) and the whole download
-  in time.
+- :func:`ram_grounded.serve.fetch.safe_fetch` follows redirects by hand, checking each
+  hop again, and limits the body in size and the download in time.
 """
 
 from __future__ import annotations
@@ -19,16 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import http.client
 import ipaddress
 import logging
 import os
 import socket
-import ssl
-import time
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ImageLoadError
@@ -36,9 +32,6 @@ from ..errors import ConfigError, ImageLoadError
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "RAM_GROUNDED_TOKEN"
-MAX_REDIRECTS = 5
-_CHUNK = 64 * 1024
-_USER_AGENT = "ram-grounded (server)"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -207,120 +200,3 @@ def _resolve(host: str, port: int, shown: str) -> list[IPAddress]:
     if not out:
         raise ImageLoadError(f"{shown}: {host!r} has no address", hint="check the host name")
     return out
-
-
-# ------------------------------------------------------------------------ fetch
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to an already checked address while sending the URL's Host header."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a checked address, verifying the certificate for the URL's host name."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
-
-
-@dataclass
-class FetchResult:
-    """A fetched body and the URL it finally came from."""
-
-    body: bytes
-    url: str
-    content_type: str | None = None
-    redirects: list[str] = field(default_factory=list)
-
-
-def safe_fetch(url: str, policy: UrlPolicy, *, headers: dict[str, str] | None = None,
-               header_origin: str | None = None) -> FetchResult:
-    """GET ``url`` under ``policy``; every hop checked, body and time bounded.
-
-    ``headers`` (e.g. a Label Studio token) are sent only to ``header_origin``
-    (``scheme://host:port``), never to a host a redirect leads to.
-    """
-    deadline = time.monotonic() + policy.timeout
-    redirects: list[str] = []
-    current = url.strip()
-    for _ in range(MAX_REDIRECTS + 1):
-        parts, addresses = policy.check(current)
-        extra = headers if headers and header_origin and _origin(parts) == header_origin else {}
-        status, location, body, ctype = _get_once(parts, addresses[0], extra, policy, deadline, current)
-        if location is None:
-            if status >= 400:
-                raise ImageLoadError(f"{_shown(current)}: the server answered HTTP {status}",
-                                     hint="check the URL and that the image is reachable")
-            return FetchResult(body, current, ctype, redirects)
-        nxt = urllib.parse.urljoin(current, location)
-        logger.debug("redirect %s -> %s", _shown(current), _shown(nxt))
-        redirects.append(nxt)
-        current = nxt
-    raise ImageLoadError(f"{_shown(url)}: more than {MAX_REDIRECTS} redirects", hint="give the final image URL")
-
-
-def _origin(parts: urllib.parse.SplitResult) -> str:
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host:port`` of ``url`` (default ports made explicit)."""
-    return _origin(urllib.parse.urlsplit(url.strip()))
-
-
-def _get_once(parts: urllib.parse.SplitResult, address: IPAddress, headers: dict[str, str],
-              policy: UrlPolicy, deadline: float, shown_url: str) -> tuple[int, str | None, bytes, str | None]:
-    https = parts.scheme.lower() == "https"
-    port = parts.port or (443 if https else 80)
-    remaining = max(0.1, deadline - time.monotonic())
-    conn_cls = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
-    conn = conn_cls(parts.hostname or "", port, str(address), min(remaining, policy.timeout))
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    shown = _shown(shown_url)
-    try:
-        conn.request("GET", path, headers={"User-Agent": _USER_AGENT, **headers})
-        response = conn.getresponse()
-        if response.status in (301, 302, 303, 307, 308):
-            location = response.getheader("Location")
-            if not location:
-                raise ImageLoadError(f"{shown}: redirect without a Location", hint="give the final image URL")
-            return response.status, location, b"", None
-        length = response.getheader("Content-Length")
-        if length and length.isdigit() and int(length) > policy.max_bytes:
-            raise _too_large(shown, policy.max_bytes)
-        chunks, size = [], 0
-        while chunk := response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK):
-            size += len(chunk)
-            if size > policy.max_bytes:
-                raise _too_large(shown, policy.max_bytes)
-            if time.monotonic() > deadline:
-                raise ImageLoadError(f"{shown}: the download took longer than {policy.timeout} s",
-                                     hint="use a faster source or upload the image")
-            chunks.append(chunk)
-        return response.status, None, b"".join(chunks), response.getheader("Content-Type")
-    except ImageLoadError:
-        raise
-    except (OSError, http.client.HTTPException) as exc:
-        raise ImageLoadError(f"{shown}: the download failed ({exc})",
-                             hint=f"check the URL; the time limit is {policy.timeout} s") from None
-    finally:
-        conn.close()
-
-
-def _too_large(shown: str, limit: int) -> ImageLoadError:
-    return ImageLoadError(f"{shown}: the image is larger than the server's limit of {limit} bytes",
-                          hint="send a smaller image")
