@@ -184,3 +184,30 @@ def test_sixteen_concurrent_clients_are_batched(server) -> None:
         check_record(out, *sizes[i], classes[i % 4])
     assert sum(FakeDetector.batch_sizes) == 16
     assert max(FakeDetector.batch_sizes) > 1 and len(FakeDetector.batch_sizes) < 16
+
+
+def test_a_failing_stage_is_a_json_500_without_a_traceback() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from ram_grounded.pipeline import Pipeline
+    from ram_grounded.registry import register_stage
+    from ram_grounded.stages.base import Stage
+
+    @register_stage
+    @dataclass(eq=False)
+    class Exploding(Stage):
+        """Always fails."""
+
+        name: ClassVar[str] = "serve_test_exploding"
+        reads: ClassVar[frozenset[str]] = frozenset({"image"})
+        writes: ClassVar[frozenset[str]] = frozenset({"caption"})
+
+        def process(self, records):  # noqa: ANN001, ANN201
+            raise ZeroDivisionError("division by zero in a stage")
+
+    app = create_app(ServeConfig(token=TOKEN), pipeline=Pipeline([Exploding()], name="boom"))
+    with run_uvicorn(app) as base:
+        status, out, _ = post_file(base, png_bytes(8, 8))
+    assert status == 500 and "division by zero" in out["error"] and out["record"]["meta"]["image_size"] == [8, 8]
+    assert "Traceback" not in json.dumps(out)

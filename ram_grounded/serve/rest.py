@@ -7,6 +7,7 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from ..errors import ConfigError, ImageLoadError
@@ -49,7 +50,7 @@ async def pipelines(request: Request) -> dict[str, Any]:
 
 
 @router.post("/annotate", openapi_extra=_ANNOTATE_BODY)
-async def annotate(request: Request) -> dict[str, Any]:
+async def annotate(request: Request) -> Any:
     """Annotate one image: multipart field ``file``, or JSON ``{"url": ...}``."""
     backend = _backend(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -66,6 +67,9 @@ async def annotate(request: Request) -> dict[str, Any]:
     record = await backend.annotate(record, classes)
     out = record.to_dict()
     out["model_version"] = backend.model_version
+    if record.error:  # a stage failed: the record (with what it has) rides along
+        return JSONResponse({"error": f"the pipeline failed on this image: {record.error}",
+                             "hint": "the server log has the details", "record": out}, status_code=500)
     return out
 
 
