@@ -277,3 +277,32 @@ def test_full_size_keys_covered(config_name: str) -> None:
 def test_leftover_key_fails() -> None:
     with pytest.raises(WrongCheckpointError):
         map_keys({"transformer.something_new.weight": torch.zeros(1)})
+
+
+def test_load_original_file_and_cache(gset: GoldenSet, tmp_path: Path) -> None:
+    """The zoo loader path: a released-style file (``module.`` prefix, training extras) is
+    converted once, cached as safetensors, and reloaded from the cache with the same weights."""
+    from types import SimpleNamespace
+
+    from ram_grounded.models.groundingdino import load_original
+
+    released = {f"module.{k}": v for k, v in gset.state_dict.items()}
+    released["module.label_enc.weight"] = torch.zeros(3, gset.model.config.d_model)
+    released["module.bert.embeddings.position_ids"] = torch.arange(8)[None]
+    path = tmp_path / "groundingdino_tiny.pth"
+    torch.save({"model": released}, path)
+    card = SimpleNamespace(name="golden-tiny", revision=None, extra={
+        "variant": "swint_ogc", "original_config": gset.original_cfg, "tokenizer": str(gset.folder / gset.config["bert_dir"])})
+    bundle = load_original(card, path, "cpu")
+    assert (tmp_path / "groundingdino_tiny.pth.hf" / "model.safetensors").exists()
+    # the fixture tokenizer gives the original token ids
+    for cap in gset.config["captions"]:
+        assert bundle.tokenizer(cap["caption"])["input_ids"] == cap["input_ids"]
+    with torch.no_grad():
+        out = bundle.model(pixel_values=gset.inputs["pixel_values_img0"][None], input_ids=gset.caption_inputs(0)[0])
+    assert_logits_match(out.logits[0], gset.expected["pred_logits_img0_cap0"], "load_original")
+    assert_boxes_match(out.pred_boxes[0], gset.expected["pred_boxes_img0_cap0"], "load_original")
+    cached = load_original(card, path, "cpu").model.state_dict()
+    first = bundle.model.state_dict()
+    assert set(cached) == set(first)
+    assert all(torch.equal(cached[k], first[k]) for k in first)
