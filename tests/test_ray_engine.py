@@ -8,6 +8,7 @@ broken images); per-stage timings are the only thing allowed to differ.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -92,11 +93,13 @@ def local_store(sources, tmp_path_factory, ray_session) -> RecordStore:
     return store
 
 
-def _run_ray(pipe, sources, out: Path, **kwargs):
+def _run_ray(pipe, sources, out: Path, num_actors: int = 2):
     store = RecordStore.create_or_resume(out, pipe.to_dict())
+    # 2 CPUs: the actors share one, the decoding task gets the other
     events = [
         (e.done, e.resumed, e.processed, e.errors)
-        for e in run_ray(pipe, sources, store, batch_size=BATCH, num_actors=2, cpus_per_actor=0.5, **kwargs)
+        for e in run_ray(pipe, sources, store, batch_size=BATCH, num_actors=num_actors,
+                         cpus_per_actor=1 / num_actors, decode_cpus=1.0)
     ]
     store.finalize()
     export_store(store, ["all"], images=False)
@@ -157,14 +160,20 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_doubled(ray_session, so
     _assert_same_outputs(local_store.directory, store.directory)
 
 
-def test_resume_sends_only_unfinished_chunks(ray_session, sources, local_store, tmp_path):
+def test_resume_sends_only_unfinished_chunks(ray_session, sources, local_store, tmp_path, caplog):
     out = tmp_path / "resumed"
     shutil.copytree(local_store.directory, out)
     lines = (out / "records.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     (out / "records.jsonl").write_text("".join(lines[:3]), encoding="utf-8")  # chunk 0 + half of chunk 1
     keys = sources
     assert pending_chunks(keys, set(keys[:3]), BATCH) == [2, 4, 6]
-    store, events = _run_ray(_pipeline(), sources, out)
+    with caplog.at_level(logging.INFO, logger="ram_grounded.engine.ray"):
+        # one actor with 1 CPU, decoding tasks with 1 CPU: equal resources, which Ray Data
+        # would fuse into one operator (decoding inside the actor) unless the engine stops it
+        store, events = _run_ray(_pipeline(), sources, out, num_actors=1)
+    stats = "\n".join(r.getMessage() for r in caplog.records if "ray engine" in r.getMessage())
+    assert "Map(_decode_chunk)" in stats and "MapBatches(PipelineActor)" in stats
+    assert "Map(_decode_chunk)->MapBatches" not in stats, "decoding was fused into the actors"
     assert events[0][:3] == (3, 3, 0)
     assert events[-1][2] == len(sources) - 3  # only the missing records were stored
     assert _sources_in(store) == sources

@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 #: exits (SystemExit), once per marker, so tests can watch Ray replace it and retry.
 KILL_ENV = "RAM_GROUNDED_TEST_KILL_ACTOR_ONCE"
 INSTALL_HINT = "pip install 'ram-grounded[ray]'   (or: pip install 'ray[data]')"
-#: CPUs reserved by each decoding task; fractional so decoding never starves the actors.
-DECODE_CPUS = 0.25
 MAX_BLOCKS = 10_000
 #: Environment variables handed to the jobs' workers when joining an existing cluster.
 FORWARDED_ENV = ("RAM_GROUNDED_ZOO", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -61,24 +59,25 @@ def run_ray(
     *,
     batch_size: int = 4,
     address: str | None = None,
-    num_actors: int = 2,
+    num_actors: int = 1,
     gpus_per_actor: float = 0.0,
     cpus_per_actor: float = 1.0,
+    decode_cpus: float = 1.0,
 ) -> Iterator[Progress]:
     """Process every source not yet in ``store`` on Ray; yields a :class:`Progress` per chunk.
 
     ``address``: None starts a private local Ray on 127.0.0.1 (shut down at the end) unless
     this process is already connected to one; "auto" or "ray://host:10001" joins a cluster.
     ``num_actors`` pipeline replicas each reserve ``cpus_per_actor`` CPUs and
-    ``gpus_per_actor`` GPUs (0.5 puts two actors on one GPU). The sources must be readable
-    where the tasks run (shared storage or URLs).
+    ``gpus_per_actor`` GPUs (0.5 puts two actors on one GPU); every decoding task reserves
+    ``decode_cpus``. The sources must be readable where the tasks run (shared storage or URLs).
     """
     from ..io import describe_source
 
-    if batch_size < 1 or num_actors < 1 or gpus_per_actor < 0 or cpus_per_actor < 0:
-        raise ConfigError(f"ray engine: batch_size and num_actors must be >= 1, gpus/cpus per actor >= 0 "
-                          f"(got {batch_size}, {num_actors}, {gpus_per_actor}, {cpus_per_actor})",
-                          hint="e.g. --num-actors 2 --gpus-per-actor 0.5")
+    if batch_size < 1 or num_actors < 1 or min(gpus_per_actor, cpus_per_actor) < 0 or decode_cpus <= 0:
+        raise ConfigError(f"ray engine: batch_size and num_actors must be >= 1, CPUs/GPUs per actor >= 0, "
+                          f"decode_cpus > 0 (got {batch_size}, {num_actors}, {cpus_per_actor}, {gpus_per_actor}, "
+                          f"{decode_cpus})", hint="e.g. --num-actors 2 --gpus-per-actor 0.5")
     ray = import_ray()
     spec_yaml, stage_classes = pipeline_spec(pipeline)
     keys = [describe_source(s) for s in sources]  # what Record.source will hold
@@ -90,10 +89,17 @@ def run_ray(
     starts = pending_chunks(keys, done, batch_size)
     if not starts:
         return
-    with _connected(ray, address), _data_context(ray):
+    with _connected(ray, address) as started_here, _data_context(ray):
+        _check_resources(ray, num_actors * cpus_per_actor + decode_cpus, num_actors * gpus_per_actor,
+                         fatal=started_here)
         items = [{"chunk": i, "sources": json.dumps(list(sources[s:s + batch_size]))} for i, s in enumerate(starts)]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-        ds = ds.map(_decode_chunk, fn_kwargs={"max_pixels": pipeline.max_pixels}, num_cpus=DECODE_CPUS)
+        # Decoding tasks must stay apart from the actors: Ray Data fuses a map into the next
+        # actor stage when their remote args are equal, and then decodes inside the actors,
+        # one chunk at a time between forwards. max_calls=0 (Ray's default for CPU tasks: a
+        # worker is never recycled) is an arg the actors do not have, so the two never fuse.
+        ds = ds.map(_decode_chunk, fn_kwargs={"max_pixels": pipeline.max_pixels}, num_cpus=decode_cpus,
+                    max_calls=0)
         ds = ds.map_batches(
             PipelineActor,
             batch_size=1,  # one row = one chunk = one forward, as in the local engine
@@ -116,6 +122,9 @@ def run_ray(
             store.append(fresh)
             _count(progress, fresh)
             yield progress
+        logger.info("ray engine: %s", ds.stats())
+        if expected != len(starts):
+            raise RuntimeError(f"ray engine: {len(starts) - expected} chunk(s) never came back; run again to resume")
 
 
 def pending_chunks(keys: Sequence[str], done: set[str], batch_size: int) -> list[int]:
@@ -220,24 +229,42 @@ def _count(progress: Progress, fresh: list[Record]) -> None:
     progress.batch = fresh
 
 
+def _check_resources(ray: Any, cpus: float, gpus: float, *, fatal: bool) -> None:
+    """Say so when the actors plus one decoding task do not fit (the run would wait forever)."""
+    have = ray.cluster_resources()
+    if cpus <= have.get("CPU", 0) and gpus <= have.get("GPU", 0):
+        return
+    message = (f"ray engine: the actors and one decoding task need {cpus:g} CPUs and {gpus:g} GPUs; "
+               f"the cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    hint = "lower --num-actors, --gpus-per-actor or --cpus-per-actor"
+    if fatal:
+        raise ConfigError(message, hint=hint)
+    logger.warning("%s (%s; waiting in case an autoscaler adds nodes)", message, hint)
+
+
 @contextmanager
-def _connected(ray: Any, address: str | None) -> Iterator[None]:
-    """Use the current Ray connection, or start/join one for the run and leave it after."""
+def _connected(ray: Any, address: str | None) -> Iterator[bool]:
+    """Use the current Ray connection, or start/join one for the run and leave it after.
+
+    Yields True when this call started a private local Ray (its resources cannot grow).
+    """
     if ray.is_initialized():
-        yield
+        yield False
         return
     if address is None:
         from .ray_env import start_local_ray
 
         start_local_ray()
+        started = True
     else:
+        started = False
         logger.info("joining the Ray cluster at %s", address)
         # the workers there do not see this shell: hand them our own settings (e.g. RAM_GROUNDED_ZOO)
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
                  runtime_env={"env_vars": env} if env else None)
     try:
-        yield
+        yield started
     finally:
         ray.shutdown()
 
