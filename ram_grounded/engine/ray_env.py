@@ -1,11 +1,11 @@
 """Starting a local Ray that stays on loopback and contacts nothing outside the machine.
 
-Without these settings Ray binds to the machine's external interface and a background
-process probes cloud metadata addresses (169.254.169.254, metadata.google.internal).
-Measured facts: ``../shared/notes/ray.md``. The proxy variables point at a closed local
-port, so any such probe is refused at once; they are set only while the Ray processes
-start (which inherit them) and the driver's own values are put back afterwards and given
-to the worker processes, so image URLs are still fetched the way the user configured.
+Without these settings (measured with Ray 2.60) Ray binds to the machine's external
+interface and a background process probes cloud metadata addresses (169.254.169.254,
+metadata.google.internal). The proxy variables point at a closed local port, so any such
+probe is refused at once; they are set only while the Ray processes start (which inherit
+them), then the driver's own values are put back and given to the worker processes, so
+image URLs are still fetched the way the user configured.
 """
 
 from __future__ import annotations
