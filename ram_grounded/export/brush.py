@@ -1,58 +1,58 @@
-"""Label Studio's brush RLE (``BrushLabels`` ``value.rle``), written from the format.
+"""Label Studio's brush RLE (``BrushLabels`` ``value.rle``), by label-studio-sdk's own codec.
 
-The format is thi.ng's ``rle-pack`` over the RGBA bytes of the mask (row-major, four equal
-channels per pixel, 255 inside): a bit stream of a 32-bit value count, a 5-bit word size
-minus one (8 bits here), four 4-bit run-length field sizes minus one (3, 4, 8, 16 bits),
-then runs. A run is a repeat flag (1 = one value repeated, 0 = literal values), a 2-bit
-index into the field sizes, the run length minus one in that many bits, and the value(s)
-in words. The stream is padded with zero bits the way Label Studio's own converter
-(``label_studio_sdk.converter.brush.encode_rle``) pads it, so our bytes equal its bytes.
+Used by the Label Studio exporter and the Label Studio ML backend alike, so both write
+exactly the bytes Label Studio's converter writes. Only the SDK's ``converter/brush.py``
+file is loaded (it needs numpy and Pillow): importing ``label_studio_sdk.converter`` would
+pull in its whole exporter (pandas, nltk, lxml, ...), and the SDK's pins conflict with ours,
+so it is installed with ``pip install --no-deps label-studio-sdk`` (see the README).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import sys
+from types import ModuleType
+
 import numpy as np
 
-_WORD = 8
-_SIZES = (3, 4, 8, 16)
+from ..errors import ConfigError
+
+SDK_INSTALL = "pip install --no-deps 'label-studio-sdk==2.1.2'"
+
+
+@functools.lru_cache(maxsize=1)
+def _sdk_brush() -> ModuleType:
+    """label-studio-sdk's ``converter/brush.py``.
+
+    Loaded from its file because importing ``label_studio_sdk.converter`` pulls in the
+    whole exporter (pandas, nltk, lxml, ...) for one numpy function.
+    """
+    spec = importlib.util.find_spec("label_studio_sdk")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("BrushLabels need label-studio-sdk (its brush RLE encoder)",
+                          hint=SDK_INSTALL)
+    for folder in spec.submodule_search_locations:
+        path = f"{folder}/converter/brush.py"
+        brush_spec = importlib.util.spec_from_file_location("_ram_grounded_ls_brush", path)
+        if brush_spec is None or brush_spec.loader is None:
+            continue
+        try:
+            module = importlib.util.module_from_spec(brush_spec)
+            brush_spec.loader.exec_module(module)
+        except FileNotFoundError:
+            continue
+        sys.modules.setdefault("_ram_grounded_ls_brush", module)
+        return module
+    raise ConfigError("label-studio-sdk has no converter/brush.py", hint=SDK_INSTALL)
 
 
 def mask_to_brush_rle(mask: np.ndarray) -> list[int]:
-    """Bool (or 0/255 uint8) HxW mask -> Label Studio brush RLE bytes as a list of ints."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    values = np.where(np.asarray(mask).ravel() > 0, 255, 0).astype(np.uint8)
-    return encode_rle(np.repeat(values, 4))
+    """Bool HxW mask -> Label Studio brush RLE (label-studio-sdk's encoder)."""
+    return [int(v) for v in _sdk_brush().mask2rle(mask.astype(np.uint8) * 255)]
 
 
-def encode_rle(values: np.ndarray) -> list[int]:
-    """rle-pack encode a 1-D array of bytes (word size 8, run fields 3/4/8/16 bits)."""
-    values = np.asarray(values, dtype=np.uint8).ravel()
-    n = int(values.size)
-    head = f"{n:032b}{_WORD - 1:05b}" + "".join(f"{s - 1:04b}" for s in _SIZES)
-    parts = [head]
-    if n:
-        change = np.flatnonzero(values[1:] != values[:-1]) + 1
-        starts = np.concatenate(([0], change))
-        lengths = np.diff(np.concatenate((starts, [n])))
-        for start, length in zip(starts.tolist(), lengths.tolist()):
-            parts.append(_run_bits(int(values[start]), length))
-    bits = "".join(parts)
-    bits += "0" * (8 - len(bits) % 8)  # Label Studio pads 1..8 bits (a whole byte when aligned)
-    packed = np.packbits(np.frombuffer(bits.encode("ascii"), dtype=np.uint8) - ord("0"))
-    return packed.tolist()
-
-
-def _run_bits(value: int, length: int) -> str:
-    word = f"{value:08b}"
-    if length == 1:
-        return "0" + "00" + "000" + word  # a literal run of one value
-    out = []
-    while length > 2 ** 16:  # longer than the widest field: split
-        out.append("1" + "11" + f"{2 ** 16 - 1:016b}" + word)
-        length -= 2 ** 16
-    for index, size in enumerate(_SIZES):
-        if length <= 2 ** size:
-            out.append("1" + f"{index:02b}" + f"{length - 1:0{size}b}" + word)
-            return "".join(out)
-    raise AssertionError("unreachable")
+def brush_rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
+    """Inverse of :func:`mask_to_brush_rle` (label-studio-sdk's decoder), bool HxW."""
+    flat = _sdk_brush().decode_rle(rle)
+    return np.reshape(flat, (height, width, 4))[:, :, 3] > 0

@@ -17,18 +17,15 @@ grounds "cat" and "kitten" and labels both "Cat".
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..export.brush import brush_rle_to_mask, mask_to_brush_rle  # noqa: F401 - re-exported
 from ..record import Record
 
 logger = logging.getLogger(__name__)
@@ -102,42 +99,6 @@ def parse_label_config(xml: str) -> LabelConfig:
     return LabelConfig(controls, image_keys)
 
 
-# ----------------------------------------------------------------- brush RLE
-@functools.lru_cache(maxsize=1)
-def _sdk_brush() -> ModuleType:
-    """label-studio-sdk's ``converter/brush.py``.
-
-    Loaded from its file because importing ``label_studio_sdk.converter`` pulls in the
-    whole exporter (pandas, nltk, lxml, ...) for one numpy function.
-    """
-    spec = importlib.util.find_spec("label_studio_sdk")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("BrushLabels need label-studio-sdk (its brush RLE encoder)",
-                          hint="pip install 'label-studio-sdk==2.1.2' (or ram-grounded[serve])")
-    for folder in spec.submodule_search_locations:
-        path = f"{folder}/converter/brush.py"
-        brush_spec = importlib.util.spec_from_file_location("_ram_grounded_ls_brush", path)
-        if brush_spec is None or brush_spec.loader is None:
-            continue
-        try:
-            module = importlib.util.module_from_spec(brush_spec)
-            brush_spec.loader.exec_module(module)
-        except FileNotFoundError:
-            continue
-        sys.modules.setdefault("_ram_grounded_ls_brush", module)
-        return module
-    raise ConfigError("label-studio-sdk has no converter/brush.py", hint="install label-studio-sdk==2.1.2")
-
-
-def mask_to_brush_rle(mask: np.ndarray) -> list[int]:
-    """Bool HxW mask -> Label Studio brush RLE (label-studio-sdk's encoder)."""
-    return [int(v) for v in _sdk_brush().mask2rle(mask.astype(np.uint8) * 255)]
-
-
-def brush_rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`mask_to_brush_rle` (label-studio-sdk's decoder), bool HxW."""
-    flat = _sdk_brush().decode_rle(rle)
-    return np.reshape(flat, (height, width, 4))[:, :, 3] > 0
 
 
 # ---------------------------------------------------------------- results
