@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from ram_grounded.engine.local import run_local
-from ram_grounded.engine.ray import KILL_ENV, import_ray, pending_chunks, run_ray
-from ram_grounded.engine.ray_env import loopback_environment
+from ram_grounded.engine.ray import KILL_ENV, import_ray, pending_chunks, require_ray, run_ray
+from ram_grounded.engine.ray_env import RAY_LOOPBACK_VARS, loopback_environment
 from ram_grounded.errors import ConfigError
 from ram_grounded.export import export_store
 from ram_grounded.io.sources import iter_sources
@@ -36,20 +37,25 @@ stages:
     params: {max_new_tokens: 4, device: cpu}
 """
 WORKER_ENV = {"RAM_GROUNDED_ZOO": "tiny", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+LOOPBACK = "127.0.0.1"
+
+# Ray reads some of these once, when it is first imported: set them before anything imports it
+os.environ.update(RAY_LOOPBACK_VARS)
 
 
 @pytest.fixture(scope="session")
 def ray_session():
     """A private 2-CPU Ray on 127.0.0.1 with the loopback environment (no outside probes)."""
-    ray = import_ray()
     env = {**loopback_environment(), "RAM_GROUNDED_ZOO": "tiny"}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
+    ray = import_ray(local=True)
     temp_dir = tempfile.mkdtemp(prefix="rg_ray_")
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024**2,
              _temp_dir=temp_dir, logging_level="WARNING", log_to_driver=False,
              runtime_env={"env_vars": WORKER_ENV})
     try:
+        assert [n["NodeManagerAddress"] for n in ray.nodes()] == [LOOPBACK]
         yield ray
     finally:
         ray.shutdown()
@@ -180,11 +186,29 @@ def test_resume_sends_only_unfinished_chunks(ray_session, sources, local_store, 
     _assert_same_outputs(local_store.directory, store.directory)
 
 
+def test_engine_starts_its_local_ray_on_loopback_only():
+    """What ``--engine ray`` without --address does, in a fresh process (Ray not yet imported)."""
+    code = (
+        "from ram_grounded.engine.ray import import_ray\n"
+        "from ram_grounded.engine.ray_env import start_local_ray\n"
+        "ray = import_ray(local=True)\n"
+        "start_local_ray(num_cpus=1, object_store_memory=128 * 1024**2)\n"
+        "print(ray.nodes()[0]['NodeManagerAddress'], ray.get_runtime_context().gcs_address)\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in RAY_LOOPBACK_VARS}  # the engine must set them
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    node, gcs = done.stdout.split()[-2:]
+    assert node == LOOPBACK and gcs.startswith(LOOPBACK + ":")
+
+
 def test_without_ray_the_error_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(ConfigError) as info:
-        import_ray()
-    assert "ram-grounded[ray]" in info.value.hint
+    for check in (import_ray, require_ray):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert "ram-grounded[ray]" in info.value.hint
     pipe = _pipeline()
     store = RecordStore.create_or_resume(tmp_path / "out", pipe.to_dict())
     with pytest.raises(ConfigError):

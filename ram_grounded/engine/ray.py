@@ -13,6 +13,7 @@ only what reaches the driver is stored, so nothing is lost or stored twice.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -41,8 +42,24 @@ MAX_BLOCKS = 10_000
 FORWARDED_ENV = ("RAM_GROUNDED_ZOO", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a ConfigError saying how to install it."""
+def require_ray() -> None:
+    """ConfigError saying how to install Ray Data unless it is installed (imports nothing)."""
+    missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"--engine ray needs Ray Data, which is not installed (missing: {', '.join(missing)})",
+                          hint=INSTALL_HINT)
+
+
+def import_ray(*, local: bool = False) -> Any:
+    """The ``ray`` module, or a ConfigError saying how to install it.
+
+    ``local``: a private local Ray will be started, so first set the loopback settings
+    that Ray reads when it is imported (see :mod:`.ray_env`).
+    """
+    if local:
+        from .ray_env import prepare_loopback
+
+        prepare_loopback()
     try:
         import ray
         import ray.data  # noqa: F401 - the engine needs Ray Data, not only Ray core
@@ -78,7 +95,7 @@ def run_ray(
         raise ConfigError(f"ray engine: batch_size and num_actors must be >= 1, CPUs/GPUs per actor >= 0, "
                           f"decode_cpus > 0 (got {batch_size}, {num_actors}, {cpus_per_actor}, {gpus_per_actor}, "
                           f"{decode_cpus})", hint="e.g. --num-actors 2 --gpus-per-actor 0.5")
-    ray = import_ray()
+    ray = import_ray(local=address is None)
     spec_yaml, stage_classes = pipeline_spec(pipeline)
     keys = [describe_source(s) for s in sources]  # what Record.source will hold
     if len(set(keys)) != len(keys):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,18 @@ PROXY_VARS: dict[str, str] = {
     "no_proxy": "localhost,127.0.0.1,::1",
     "NO_PROXY": "localhost,127.0.0.1,::1",
 }
+
+
+def prepare_loopback() -> None:
+    """Set :data:`RAY_LOOPBACK_VARS`; call it before the first ``import ray``.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported: set later, it
+    has no effect and the local Ray listens on the machine's external address.
+    """
+    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        logger.warning("ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set; the local Ray "
+                       "may listen on every interface (set it in the environment to keep it on 127.0.0.1)")
+    os.environ.update(RAY_LOOPBACK_VARS)
 
 
 def loopback_environment() -> dict[str, str]:
@@ -59,9 +72,9 @@ def start_local_ray(num_cpus: int | None = None, **init_kwargs: Any) -> None:
     The workers get the driver's own proxy settings back (an empty value means "no proxy"
     to urllib), so only Ray's own processes run with the blocking proxy.
     """
+    prepare_loopback()
     import ray
 
-    os.environ.update(RAY_LOOPBACK_VARS)
     with proxies_blocked() as driver_proxies:
         kwargs: dict[str, Any] = {
             "num_cpus": num_cpus,
