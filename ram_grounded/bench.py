@@ -323,8 +323,8 @@ def run_bench(pipeline: str | None = "ram_grounded_sam", *, stage: str | None = 
         runs: list[RunFigures] = []
         with torch.no_grad():  # stages disable gradients themselves; this covers plugins too
             for naive in ([False, True] if baseline else [False]):
-                if warmup:
-                    _run(shaped, pictures[:warmup], fields, workload, batch_size, naive, sampler, seed)
+                if warmup:  # the naive run warms up with batches of one (its shapes), SAM batched
+                    _run(shaped, pictures[:warmup], fields, workload, 1 if naive else batch_size, False, sampler, seed)
                 t0 = time.perf_counter()
                 times, peaks, done = _run(shaped, pictures[warmup:], fields, workload, batch_size, naive, sampler, seed)
                 total = time.perf_counter() - t0

@@ -40,6 +40,11 @@ def test_pipeline_figures_and_baseline_ratio(tiny_zoo):
         assert all(s.median_s > 0 and s.params_m > 0 for s in model_stages)
     assert res.speedup == pytest.approx(res.baseline.total_s / res.batched.total_s)
     assert res.threads == 1 and res.images == 2 and res.peak_rss_mb > 0
+    from ram_grounded.commands.bench import format_markdown, format_result
+
+    table = format_markdown(res)
+    assert table.count("\n") == len(res.stages) + 2 and f"{res.speedup:.1f}x" in table
+    assert "ratio" in format_result(res)
     data = res.to_dict()
     json.dumps(data)  # serialisable
     assert data["speedup"] == res.speedup and "baseline_note" in data
@@ -49,9 +54,9 @@ def test_cli_stage_alone_writes_json(tmp_path, tiny_zoo):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "--stage", "sam", "--weights", "tiny", "--images", "2", "--size",
                                       "64x48", "--batch-size", "2", "--warmup", "0", "--boxes", "4", "--threads", "1",
-                                      "--baseline", "--set", "model=sam_vit_b", "--json", str(out)])
+                                      "--baseline", "--set", "model=sam_vit_b", "--json", str(out), "--markdown"])
     assert result.exit_code == 0, result.output
-    assert "ratio" in result.output and "sam_vit_b" in result.output
+    assert "ratio" in result.output and "sam_vit_b" in result.output and "| sam | sam_vit_b |" in result.output
     data = json.loads(out.read_text())
     assert data["stages"] == ["sam"] and data["batched"]["boxes_per_image"] == 4
     assert data["batched"]["stages"][0]["model"] == "sam_vit_b"

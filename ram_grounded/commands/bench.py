@@ -63,7 +63,8 @@ def format_result(result: BenchResult) -> str:
                f"{s.peak_rss_mb:>7.0f}MB {s.extra_mb:>5.0f}MB")
         if n:
             ns = naive[s.name]
-            row += f" {ns.median_s:>11.3f} {ns.median_s / s.median_s if s.median_s > 0 else float('nan'):>5.1f}x"
+            ratio = f"{ns.median_s / s.median_s:.1f}x" if s.median_s > 0.0005 else "-"
+            row += f" {ns.median_s:>11.3f} {ratio:>6}"
         lines.append(row)
     lines.append("")
     lines.append(f"batched: {b.total_s:.2f} s, {b.images_per_s:.3f} images/s")
@@ -73,6 +74,29 @@ def format_result(result: BenchResult) -> str:
     lines.append(f"peak RSS of the process: {result.peak_rss_mb:.0f} MB; load average "
                  f"{result.loadavg['start'][0]:.2f} -> {result.loadavg['end'][0]:.2f}")
     return "\n".join(lines)
+
+
+def format_markdown(result: BenchResult) -> str:
+    """The per-stage figures as a Markdown table (for a README)."""
+    b, n = result.batched, result.baseline
+    head = "| stage | model | params | s/image (batch %d) | peak RSS |" % b.batch_size
+    rule = "|---|---|---:|---:|---:|"
+    if n:
+        head += " s/image naive | ratio |"
+        rule += "---:|---:|"
+    rows = [head, rule]
+    naive = {s.name: s for s in n.stages} if n else {}
+    for s in b.stages:
+        row = f"| {s.name} | {s.model or '-'} | {s.params_m:.1f} M | {s.median_s:.3f} | {s.peak_rss_mb / 1024:.2f} GB |"
+        if n:
+            ns = naive[s.name]
+            ratio = f"{ns.median_s / s.median_s:.1f}x" if s.median_s > 0.0005 else "-"
+            row += f" {ns.median_s:.3f} | {ratio} |"
+        rows.append(row)
+    total = f"| **pipeline** | | | {b.total_s / result.images:.3f} ({b.images_per_s:.3f} img/s) | {result.peak_rss_mb / 1024:.2f} GB |"
+    if n:
+        total += f" {n.total_s / result.images:.3f} ({n.images_per_s:.3f} img/s) | {result.speedup:.1f}x |"
+    return "\n".join(rows + [total])
 
 
 def register(app: typer.Typer) -> None:
@@ -89,6 +113,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
         baseline: Annotated[bool, typer.Option(help="also run the naive way and print the ratio")] = False,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="write the figures to this JSON file")] = None,
+        markdown: Annotated[bool, typer.Option(help="also print the figures as a Markdown table")] = False,
         weights: Annotated[str, typer.Option(help="random (released sizes), tiny, or released (real files)")] = "random",
         tags: Annotated[int, typer.Option(help="tags per image after a tagger (0 = whatever it gives)")] = 12,
         boxes: Annotated[int, typer.Option(help="boxes per image after a detector (0 = whatever it gives)")] = 10,
@@ -122,6 +147,8 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         typer.echo(format_result(result))
+        if markdown:
+            typer.echo("\n" + format_markdown(result))
         if json_out is not None:
             try:
                 json_out.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
