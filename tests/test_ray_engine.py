@@ -213,3 +213,32 @@ def test_without_ray_the_error_says_how_to_install(monkeypatch, tmp_path):
     store = RecordStore.create_or_resume(tmp_path / "out", pipe.to_dict())
     with pytest.raises(ConfigError):
         next(run_ray(pipe, [str(ASSETS / "rocket.jpg")], store))
+
+
+# ------------------------------------------------------------------ the command line
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from ram_grounded.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_annotate_engine_ray_matches_local(ray_session, sources, local_store, tmp_path):
+    pipeline_file = tmp_path / "pipeline.yaml"
+    pipeline_file.write_text(PIPELINE_YAML, encoding="utf-8")
+    out = tmp_path / "cli"
+    folder = str(Path(sources[0]).parent)
+    result = _cli(["annotate", folder, "--out", str(out), "--pipeline", str(pipeline_file), "--format", "all",
+                   "--no-images", "--batch-size", str(BATCH), "--engine", "ray", "--num-actors", "1"])
+    assert result.exit_code == 1, result.output  # 1: some images failed (the broken ones)
+    _assert_same_outputs(local_store.directory, out)
+
+
+def test_annotate_engine_ray_without_ray_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "never"
+    result = _cli(["annotate", str(ASSETS / "rocket.jpg"), "--out", str(out), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert "pip install 'ram-grounded[ray]'" in result.output
+    assert not out.exists()  # nothing written before the check

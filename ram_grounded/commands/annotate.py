@@ -39,6 +39,13 @@ def register(app: typer.Typer) -> None:
         overwrite: Annotated[bool, typer.Option(help="start over when --out holds a run with other settings")] = False,
         images: Annotated[bool, typer.Option(help="link the source images into the dataset folders")] = True,
         workers: Annotated[int, typer.Option(help="threads decoding images")] = 2,
+        engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actor pool; "
+                                                 "pip install 'ram-grounded[ray]')")] = "local",
+        address: Annotated[Optional[str], typer.Option(help="ray: cluster to join (auto, ray://host:10001); "
+                                                            "default: start a local Ray")] = None,
+        num_actors: Annotated[int, typer.Option(help="ray: pipeline replicas, each loads the models once")] = 1,
+        gpus_per_actor: Annotated[float, typer.Option(help="ray: GPUs per replica (0.5 = two per GPU)")] = 0.0,
+        cpus_per_actor: Annotated[float, typer.Option(help="ray: CPUs per replica")] = 1.0,
         verbose: Verbose = 0,
     ) -> None:
         """Annotate SRC with a pipeline: store every record in OUT/records.jsonl, then write the formats.
@@ -49,8 +56,10 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(verbose)
         _warn_tiny()
+        ray_options = {"address": address, "num_actors": num_actors, "gpus_per_actor": gpus_per_actor,
+                       "cpus_per_actor": cpus_per_actor}
         code = _guard(lambda: _annotate(src, out, pipeline, format, batch_size, device, classes, exclude,
-                                        overwrite, images, workers))
+                                        overwrite, images, workers, engine, ray_options))
         raise typer.Exit(code)
 
     @app.command("export")
@@ -103,7 +112,8 @@ def apply_class_options(pipe, classes: list[str], exclude: list[str]) -> None:
             setattr(stage, option, list(value))
 
 
-def _annotate(src, out, pipeline, fmt, batch_size, device, classes, exclude, overwrite, images, workers) -> int:
+def _annotate(src, out, pipeline, fmt, batch_size, device, classes, exclude, overwrite, images, workers,
+              engine="local", ray_options=None) -> int:
     from ..cli import EXIT_OK, EXIT_SOME_FAILED
     from ..engine.local import run_local
     from ..export import export_store, parse_formats
@@ -114,12 +124,24 @@ def _annotate(src, out, pipeline, fmt, batch_size, device, classes, exclude, ove
     formats = parse_formats(fmt)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}", hint="use 1 or more")
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown --engine {engine!r}", hint="use --engine local or --engine ray")
+    if engine == "ray":
+        from ..engine.ray import require_ray
+
+        require_ray()  # before anything is written: says how to install Ray when it is missing
     pipe = load_pipeline(pipeline, device=device)
     apply_class_options(pipe, _split(classes), _split(exclude))
     sources = _unique(iter_sources(src))
     store = RecordStore.create_or_resume(out, pipe.to_dict(), overwrite=overwrite)
     start = time.perf_counter()
-    progress = _run_with_bar(run_local(pipe, sources, store, batch_size=batch_size, num_workers=workers), pipe.name)
+    if engine == "ray":
+        from ..engine.ray import run_ray
+
+        events = run_ray(pipe, sources, store, batch_size=batch_size, **(ray_options or {}))
+    else:
+        events = run_local(pipe, sources, store, batch_size=batch_size, num_workers=workers)
+    progress = _run_with_bar(events, pipe.name)
     n_errors = store.finalize()
     written = export_store(store, formats, images=images)
     _summary(store, progress, time.perf_counter() - start, written, n_errors)
