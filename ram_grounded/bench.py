@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import resource
 import statistics
@@ -33,6 +34,8 @@ from . import zoo
 from .bench_workload import NAIVE_NOTE, ShapeBoxes, ShapeTags, fill_inputs, naive_sam, shaping_after
 from .errors import ConfigError, StageError
 from .record import Record
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS = ("random", "tiny", "released")
 
@@ -239,6 +242,8 @@ def _run(stages: list[Any], images: list[np.ndarray], fields: frozenset[str], wo
     for start in range(0, len(images), step):
         batch = [fill_inputs(Record(image=img, source=f"synthetic-{start + i}"), fields, workload, seed + start + i)
                  for i, img in enumerate(images[start:start + step])]
+        logger.info("bench: %s images %d-%d of %d", "naive" if naive else "batched", start + 1,
+                    start + len(batch), len(images))
         for stage in stages:
             if stage.name.startswith("bench:"):
                 stage(batch)
