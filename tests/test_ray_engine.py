@@ -43,9 +43,12 @@ LOOPBACK = "127.0.0.1"
 os.environ.update(RAY_LOOPBACK_VARS)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """A private 2-CPU Ray on 127.0.0.1 with the loopback environment (no outside probes)."""
+    """A private 2-CPU Ray on 127.0.0.1 with the loopback environment (no outside probes).
+
+    Module-scoped so that its environment (tiny zoo, proxy settings) is undone before
+    other test modules run."""
     env = {**loopback_environment(), "RAM_GROUNDED_ZOO": "tiny"}
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
