@@ -34,6 +34,17 @@ class Progress:
     classes: set[str] = field(default_factory=set)
     batch: list[Record] = field(default_factory=list)  # records of the last batch (no pixels)
 
+    def count(self, fresh: list[Record]) -> None:
+        """Account for a batch of newly stored records."""
+        self.done += len(fresh)
+        self.processed += len(fresh)
+        self.errors += sum(1 for r in fresh if r.error)
+        for record in fresh:
+            if record.ok:
+                self.objects += len(record.detections)
+                self.classes.update(detection_class_names(record))
+        self.batch = fresh
+
 
 def run_local(
     pipeline: Pipeline,
@@ -65,13 +76,6 @@ def run_local(
         for record in fresh:
             record.image = None  # the store keeps no pixels; free them now
         store.append(fresh)
-        progress.done += len(fresh)
-        progress.processed += len(fresh)
-        progress.errors += sum(1 for r in fresh if r.error)
-        for record in fresh:
-            if record.ok:
-                progress.objects += len(record.detections)
-                progress.classes.update(detection_class_names(record))
-        progress.batch = fresh
+        progress.count(fresh)
         yield progress
 

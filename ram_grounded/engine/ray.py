@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..export.common import detection_class_names
 from ..pipeline import Pipeline
 from ..record import Record
 from ..store import RecordStore, pipeline_fingerprint, record_line
@@ -137,7 +136,7 @@ def run_ray(
             chunk_keys = keys[start:start + batch_size]
             fresh = [_StoredRecord.from_line(line) for line, k in zip(lines, chunk_keys, strict=True) if k not in done]
             store.append(fresh)
-            _count(progress, fresh)
+            progress.count(fresh)
             yield progress
         logger.info("ray engine: %s", ds.stats())
         if expected != len(starts):
@@ -233,17 +232,6 @@ class _StoredRecord(Record):
 
     def to_dict(self) -> dict[str, Any]:
         return self._stored
-
-
-def _count(progress: Progress, fresh: list[Record]) -> None:
-    progress.done += len(fresh)
-    progress.processed += len(fresh)
-    progress.errors += sum(1 for r in fresh if r.error)
-    for record in fresh:
-        if record.ok:
-            progress.objects += len(record.detections)
-            progress.classes.update(detection_class_names(record))
-    progress.batch = fresh
 
 
 def _check_resources(ray: Any, cpus: float, gpus: float, *, fatal: bool) -> None:
