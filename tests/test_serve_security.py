@@ -85,3 +85,28 @@ def test_request_timeout_is_a_json_504() -> None:
                 + png_bytes(8, 8) + f"\r\n--{boundary}--\r\n".encode())
         status, out, _ = call(base, "POST", "/v1/annotate", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert status == 504 and "time limit" in out["error"]
+
+
+def test_label_studio_url_allows_exactly_its_origin_not_the_whole_host() -> None:
+    from ram_grounded.serve.backend import ServeConfig, _policy
+
+    policy = _policy(ServeConfig(label_studio_url="http://127.0.0.1:8080"))
+    parts, addresses = policy.check("http://127.0.0.1:8080/data/upload/1/a.png")
+    assert parts.port == 8080 and [str(a) for a in addresses] == ["127.0.0.1"]
+    for other in ("http://127.0.0.1:5432/", "http://127.0.0.1/", "https://127.0.0.1:8080/", "http://10.0.0.1:8080/"):
+        with pytest.raises(UrlRefused):
+            policy.check(other)
+
+
+def test_operator_token_goes_only_to_the_operators_label_studio() -> None:
+    from ram_grounded.serve.backend import Backend, ServeConfig
+    from ram_grounded.serve.labelstudio import ProjectInfo
+    from ram_grounded.serve.ls_routes import _resolve
+
+    backend = Backend.__new__(Backend)
+    backend.config = ServeConfig(label_studio_url="http://127.0.0.1:8080", label_studio_token="secret")
+    url, headers, _ = _resolve("/data/upload/a.png", backend, ProjectInfo(hostname=None))
+    assert url == "http://127.0.0.1:8080/data/upload/a.png" and headers == {"Authorization": "Token secret"}
+    # a /setup call naming another host gets no operator token
+    url, headers, _ = _resolve("/data/upload/a.png", backend, ProjectInfo(hostname="http://evil.example:80"))
+    assert url.startswith("http://evil.example") and headers == {}

@@ -7,10 +7,8 @@ record on the device's :class:`~ram_grounded.serve.batching.BatchQueue`.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
-import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,7 @@ from ..record import Record
 from .batching import BatchQueue
 from .labelstudio import ProjectInfo
 from .fetch import safe_fetch
-from .security import UrlPolicy
+from .security import UrlPolicy, origin_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +47,11 @@ class ServeConfig:
     fetch_timeout: float = 10.0
     request_timeout: float = 300.0
     warmup: bool = False
+
+
+#: Class-list variants of the pipeline kept at once (each is a cheap copy of the model-free
+#: prompt stage; the model stages are shared).
+MAX_VARIANTS = 256
 
 
 class Backend:
@@ -82,6 +85,9 @@ class Backend:
             variant = pipeline_for_classes(self.pipeline, classes, only=only)
             if variant is self.pipeline:
                 return DEFAULT_KEY
+            if len(self._variants) > MAX_VARIANTS:  # bounded: callers choose the class lists
+                oldest = next(k for k in self._variants if k != DEFAULT_KEY)
+                del self._variants[oldest]
             self._variants[key] = variant
         return key
 
@@ -157,19 +163,14 @@ def pipeline_for_classes(pipe: Pipeline, classes: list[str], *, only: bool = Fal
 
 
 def _policy(config: ServeConfig) -> UrlPolicy:
-    entries = list(config.allow_url_hosts)
-    if config.label_studio_url:
-        # The operator named this Label Studio: allow its host and the addresses it has now.
-        host = urllib.parse.urlsplit(config.label_studio_url).hostname
-        if not host:
-            raise ConfigError(f"--label-studio-url {config.label_studio_url!r} has no host",
-                              hint="e.g. http://127.0.0.1:8080")
-        entries.append(host)
-        try:
-            entries.append(str(ipaddress.ip_address(host.strip("[]"))))
-        except ValueError:
-            try:
-                entries += sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
-            except OSError:
-                logger.warning("cannot resolve the Label Studio host %r now", host)
-    return UrlPolicy.from_entries(entries, max_bytes=config.max_image_bytes, timeout=config.fetch_timeout)
+    policy = UrlPolicy.from_entries(config.allow_url_hosts, max_bytes=config.max_image_bytes,
+                                    timeout=config.fetch_timeout)
+    if not config.label_studio_url:
+        return policy
+    # The operator named this Label Studio: allow exactly its origin (scheme, host, port),
+    # even on loopback, and nothing else on that address.
+    parts = urllib.parse.urlsplit(config.label_studio_url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--label-studio-url {config.label_studio_url!r} is not an http(s) URL with a host",
+                          hint="e.g. http://127.0.0.1:8080")
+    return dataclasses.replace(policy, origins=frozenset({origin_of(config.label_studio_url)}))

@@ -32,8 +32,15 @@ _device_locks_guard = threading.Lock()
 
 def device_lock(device: str) -> threading.Lock:
     """The process-wide lock for ``device``: held while a batch runs there."""
+    from ..devices import resolve_device
+    from ..errors import ConfigError
+
+    try:  # "auto" and "cpu" are one device here, so one lock
+        key = str(resolve_device(device)) if isinstance(device, str) else str(device)
+    except ConfigError:  # a name torch does not know (tests use labels): lock by the name
+        key = str(device)
     with _device_locks_guard:
-        return _device_locks.setdefault(str(device), threading.Lock())
+        return _device_locks.setdefault(key, threading.Lock())
 
 
 @dataclass

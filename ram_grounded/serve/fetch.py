@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from ..errors import ImageLoadError
-from .security import IPAddress, UrlPolicy, _shown
+from .security import IPAddress, UrlPolicy, _origin, _shown
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +84,6 @@ def safe_fetch(url: str, policy: UrlPolicy, *, headers: dict[str, str] | None = 
         redirects.append(nxt)
         current = nxt
     raise ImageLoadError(f"{_shown(url)}: more than {MAX_REDIRECTS} redirects", hint="give the final image URL")
-
-
-def _origin(parts: urllib.parse.SplitResult) -> str:
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
-def origin_of(url: str) -> str:
-    """``scheme://host:port`` of ``url`` (default ports made explicit)."""
-    return _origin(urllib.parse.urlsplit(url.strip()))
 
 
 def _get_once(parts: urllib.parse.SplitResult, address: IPAddress, headers: dict[str, str],

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ImageLoadError, RamGroundedError
 from ..record import Record
 from .backend import Backend
 from .labelstudio import LabelConfig, ProjectInfo, parse_label_config, project_key, record_to_prediction
-from .fetch import origin_of
+from .security import origin_of
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,10 @@ async def _decode(backend: Backend, body: bytes, source: str) -> Record:
 def _resolve(ref: str, backend: Backend, info: ProjectInfo) -> tuple[str, dict[str, str], str | None]:
     """Absolute URL, headers, and the origin those headers may go to."""
     host = info.hostname or backend.config.label_studio_url
-    token = info.access_token or backend.config.label_studio_token
+    token = info.access_token
+    own_url, own_token = backend.config.label_studio_url, backend.config.label_studio_token
+    if not token and own_token and host and own_url and origin_of(host) == origin_of(own_url):
+        token = own_token  # the operator's token goes only to the operator's Label Studio
     if ref.startswith("/"):
         if not host:
             raise ImageLoadError(f"{ref[:80]}: a Label Studio path, but Label Studio's address is unknown",

@@ -108,6 +108,9 @@ class UrlPolicy:
     networks: tuple[IPNetwork, ...] = ()
     max_bytes: int = 20 * 1024 * 1024
     timeout: float = 10.0
+    # exact (scheme, host, port) origins allowed whatever their address, e.g. the operator's
+    # own Label Studio on loopback: only that port, not every service on the machine
+    origins: frozenset[str] = frozenset()  # "scheme://host:port", see origin_of
 
     @classmethod
     def from_entries(cls, entries: Iterable[str], *, max_bytes: int = 20 * 1024 * 1024,
@@ -161,6 +164,8 @@ class UrlPolicy:
         host = parts.hostname
         if not host:
             raise UrlRefused(f"{shown}: the URL has no host", hint="give an absolute http(s) URL")
+        if _origin(parts) in self.origins:
+            return parts, _resolve(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), shown)
         if not self.host_listed(host):
             raise UrlRefused(f"{shown}: the host {host!r} is not in the server's allow-list",
                              hint="start the server with --allow-url-host HOST, or upload the image")
@@ -171,6 +176,17 @@ class UrlPolicy:
                              f"address ({bad[0]}), which is refused",
                              hint="allow that network explicitly with --allow-url-host <IP or CIDR>")
         return parts, addresses
+
+
+def _origin(parts: urllib.parse.SplitResult) -> str:
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url`` (default ports made explicit)."""
+    return _origin(urllib.parse.urlsplit(url.strip()))
 
 
 def _shown(url: str, limit: int = 120) -> str:
