@@ -96,6 +96,9 @@ def run_cmd(
         code = _run(pipeline, sources, out, device, batch_size, plot)
     except RamGroundedError as exc:
         raise _fail(exc) from None
+    except OSError as exc:  # e.g. --out not writable
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -125,7 +128,11 @@ def _run(pipeline: str, sources: list[str], out: Path, device: str, batch_size: 
                 failed += 1
                 typer.secho(f"failed: {record.source}: {record.error}", fg=typer.colors.YELLOW, err=True)
             elif plot:
-                save_image(plot_record(record), str(out / f"{stem}.jpg"))
+                try:
+                    save_image(plot_record(record), str(out / f"{stem}.jpg"))
+                except Exception as exc:  # noqa: BLE001 - one picture must not end the run
+                    failed += 1
+                    typer.secho(f"failed to draw {record.source}: {exc}", fg=typer.colors.YELLOW, err=True)
             elapsed = progress.tasks[0].elapsed or 1e-9
             progress.update(task, advance=1, errors=failed, rate=f"{(progress.tasks[0].completed + 1) / elapsed:.2f}")
     typer.echo(f"{len(items)} images, {failed} failed; results in {out}")

@@ -3,7 +3,8 @@
 ``Pipeline([...])`` checks that every field a stage reads is written by an earlier stage
 or supplied by the caller. ``pipe(image)`` gives one Record; ``pipe.run(sources)`` streams
 Records in input order, decoding images in threads; a bad image or a stage failure on one
-record never stops the stream (the record carries ``.error``). YAML round-trips through
+record never stops the stream (the record carries ``.error``); a stage that cannot load its
+model (missing weights, a bad setting) stops the run with that error. YAML round-trips through
 :mod:`ram_grounded.pipeline_yaml`.
 """
 
@@ -114,6 +115,11 @@ class Pipeline:
             active = [r for r in records if r.ok]
             if not active:
                 break
+            # Loading is outside the per-record guard: missing weights or a bad setting would
+            # fail every image alike, so they stop the run with their own message instead.
+            ensure_loaded = getattr(stage, "ensure_loaded", None)
+            if ensure_loaded is not None:
+                ensure_loaded()
             start = time.perf_counter()
             self._run_stage(stage, active)
             share = (time.perf_counter() - start) / len(active)

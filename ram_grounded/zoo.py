@@ -145,8 +145,8 @@ def _resolve_url(card: ModelCard, offline: bool) -> Path:
         import torch.hub
 
         target.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("downloading %s from %s", card.name, card.url)
-        torch.hub.download_url_to_file(card.url, str(target), progress=True)
+        logger.warning("downloading %s (%.2f GB) from %s to %s", card.name, (card.size or 0) / 1e9, card.url, target)
+        torch.hub.download_url_to_file(card.url, str(target), progress=False)
     verify_file(target, card)
     return target
 

@@ -124,3 +124,22 @@ def test_yaml_errors_are_one_line_and_name_file_and_stage(tmp_path, body, expect
 
 def test_int_accepted_for_float_parameter():
     assert build_stage("test_mean_tagger", {"scale": 2}).scale == 2
+
+
+def test_a_model_that_cannot_load_stops_the_run_once():
+    from ram_grounded import ModelStage, WeightsError
+
+    @dataclass(eq=False)
+    class NoWeights(ModelStage):
+        name: ClassVar[str] = "test_no_weights"
+        reads: ClassVar[frozenset[str]] = frozenset({"image"})
+        writes: ClassVar[frozenset[str]] = frozenset({"tags"})
+
+        def load(self):
+            raise WeightsError("weights missing", hint="put them there")
+
+        def process(self, records):
+            return records
+
+    with pytest.raises(WeightsError, match="weights missing"):
+        list(Pipeline([NoWeights()]).run([_img(1), _img(2)]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +33,8 @@ def load_family_model(model: str, arch: str | None, device: Any) -> Any:
         raise ConfigError(f"model {model!r} is not a RAM-family model", hint="use ram, ram_plus or tag2text")
     return loaded
 
+
+logger = logging.getLogger(__name__)
 
 @register_stage
 @dataclass(eq=False)
@@ -88,9 +92,9 @@ class RamTagger(ModelStage):
             thr[: len(values)] = torch.tensor(values, dtype=thr.dtype)
         self._class_threshold = thr
         found, unknown = indices_for_names(self.exclude, self._model.tag_list)
-        if unknown:
-            raise ConfigError(f"stage 'ram': exclude names not in the tag list: {unknown}",
-                              hint="use tag names of the model's tag list (e.g. from its output)")
+        if unknown:  # not an error: `annotate --exclude` also names classes of later stages
+            logger.warning("stage 'ram': exclude names not in the %s tag list, ignored here: %s",
+                           self._model.arch, unknown)
         self._exclude_index = tuple(found)
 
     def process(self, records: list[Record]) -> list[Record]:
