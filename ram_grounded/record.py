@@ -8,6 +8,7 @@ masks as COCO RLE (pycocotools), so a run's JSON output can be read back lossles
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,12 +184,16 @@ def _jsonable(obj: Any) -> Any:
     """Plain-JSON copy of nested meta/checks (numpy scalars and arrays become Python values)."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in (sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj)]
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, bytes):
         return base64.b64encode(obj).decode("ascii")
-    return obj
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)  # Path, enums, ...: their text

@@ -59,3 +59,11 @@ def test_rle_helpers_are_inverse():
     rle = mask_to_rle(mask)
     assert isinstance(rle["counts"], str) and rle["size"] == [5, 7]
     np.testing.assert_array_equal(rle_to_mask(rle), mask)
+
+
+def test_meta_values_of_any_type_become_json():
+    from pathlib import Path
+
+    rec = Record(source="x", meta={"paths": {Path("/a/b")}, "nan": float("nan"), "p": Path("/c")})
+    data = json.loads(json.dumps(rec.to_dict(), allow_nan=False))
+    assert data["meta"] == {"paths": ["/a/b"], "nan": None, "p": "/c"}
