@@ -140,7 +140,8 @@ class GroundingDinoDetector(ModelStage):
                 continue
             # one image at a time: the processor would pad a mixed-size batch, and padding
             # changes the backbone's output; same-size images still share a forward below
-            pv = bundle.image_processor(images=record.image, return_tensors="pt")["pixel_values"][0]
+            image = record.image if record.image.flags.writeable else record.image.copy()  # torch wants writable
+            pv = bundle.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
             pixels.append(pv)
             for chunk in chunks:
                 rows[tuple(pv.shape)].append((r, chunk))
