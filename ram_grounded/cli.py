@@ -34,10 +34,11 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _warn_tiny() -> None:
-    from .zoo import TINY_WARNING, tiny_mode
+    from . import zoo
 
-    if tiny_mode():
-        typer.secho(f"WARNING: {TINY_WARNING}", fg=typer.colors.RED, bold=True, err=True)
+    if zoo.tiny_mode():
+        typer.secho(f"WARNING: {zoo.TINY_WARNING}", fg=typer.colors.RED, bold=True, err=True)
+        zoo.mark_tiny_warned()  # said once, loudly: the library need not log it again
 
 
 def _fail(exc: RamGroundedError) -> typer.Exit:

@@ -96,6 +96,12 @@ _tiny_cache: dict[tuple[str, int], Any] = {}
 _tiny_lock = threading.Lock()
 
 
+def mark_tiny_warned() -> None:
+    """The caller (e.g. the CLI) has shown the tiny-zoo warning itself."""
+    global _warned
+    _warned = True
+
+
 def warn_tiny_once() -> None:
     global _warned
     if tiny_mode() and not _warned:
