@@ -254,8 +254,12 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - safetensors raises several types
             raise WeightsError(f"{path} is not a readable safetensors file: {exc}",
                                hint="the file is truncated or corrupt; download it again") from exc
+    import zipfile
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # mmap (zip-format files): a multi-GB file is paged in as load_state_dict copies it,
+        # not held twice in memory
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path} contains pickled Python objects that are not plain tensors; refusing to unpickle it",

@@ -8,21 +8,15 @@ checkpoint.pth, the tokenizer from its vocab.txt, the inputs from ``inputs.safet
 from __future__ import annotations
 
 import json
-import os
-from functools import lru_cache
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from ram_grounded.models.captioning import captions_from_embeds, generate_captions, user_tags_to_tag_input
-from ram_grounded.models.ram_family import build_from_golden
 from ram_grounded.models.tokenizer import decode_caption
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_ROOT = Path(os.environ.get("RAM_GROUNDED_GOLDEN", REPO.parent / "shared" / "golden"))
-FAMILY_DIR = GOLDEN_ROOT / "ram"
+# one golden-folder reader (and one model build per folder) for both golden test files
+from test_golden_ram import FAMILY_DIR, fixture  # noqa: E402
 
 
 def _tag2text_folders() -> list[str]:
@@ -38,30 +32,6 @@ def _tag2text_folders() -> list[str]:
 
 
 FOLDERS = _tag2text_folders()
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-@lru_cache(maxsize=None)
-def fixture(name: str) -> dict:
-    folder = FAMILY_DIR / name
-    if not (folder / "config.json").is_file():
-        pytest.fail(f"golden folder {folder} is missing or has no config.json (set RAM_GROUNDED_GOLDEN)")
-    torch.set_num_threads(1)
-    exp_json = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
-    inputs = _tensors(folder / "inputs.safetensors")
-    order = exp_json["order"]
-    return {
-        "config": json.loads((folder / "config.json").read_text(encoding="utf-8")),
-        "model": build_from_golden(folder),
-        "expected": _tensors(folder / "expected.safetensors"),
-        "json": exp_json,
-        "order": order,
-        "pixels": torch.stack([inputs[f"pixel_values.{n}"] for n in order]),
-    }
 
 
 def _gen_kwargs(fx: dict) -> dict:

@@ -46,6 +46,18 @@ class Progress:
         self.batch = fresh
 
 
+def start_progress(sources: Sequence[str], store: RecordStore) -> tuple[list[str], set[str], Progress]:
+    """Store keys of ``sources`` (what Record.source holds), those already stored, and the
+    first Progress; duplicate sources raise ValueError (the store is keyed by source)."""
+    from ..io import describe_source
+
+    keys = [describe_source(s) for s in sources]
+    if len(set(keys)) != len(keys):
+        raise ValueError("sources must be unique")
+    done = store.done_sources() & set(keys)
+    return keys, done, Progress(total=len(sources), done=len(done), resumed=len(done))
+
+
 def run_local(
     pipeline: Pipeline,
     sources: Sequence[str],
@@ -58,13 +70,7 @@ def run_local(
 
     ``sources`` must be unique (the store is keyed by source); duplicates raise ValueError.
     """
-    from ..io import describe_source
-
-    keys = [describe_source(s) for s in sources]  # what Record.source will hold
-    if len(set(keys)) != len(keys):
-        raise ValueError("sources must be unique")
-    done = store.done_sources() & set(keys)
-    progress = Progress(total=len(sources), done=len(done), resumed=len(done))
+    keys, done, progress = start_progress(sources, store)
     yield progress
     for start in range(0, len(sources), batch_size):
         chunk = list(sources[start:start + batch_size])

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..pipeline import Pipeline
 from ..record import Record
 from ..store import RecordStore, pipeline_fingerprint, record_line
-from .local import Progress
+from .local import Progress, start_progress
 
 logger = logging.getLogger(__name__)
 
@@ -88,19 +88,13 @@ def run_ray(
     ``gpus_per_actor`` GPUs (0.5 puts two actors on one GPU); every decoding task reserves
     ``decode_cpus``. The sources must be readable where the tasks run (shared storage or URLs).
     """
-    from ..io import describe_source
-
     if batch_size < 1 or num_actors < 1 or min(gpus_per_actor, cpus_per_actor) < 0 or decode_cpus <= 0:
         raise ConfigError(f"ray engine: batch_size and num_actors must be >= 1, CPUs/GPUs per actor >= 0, "
                           f"decode_cpus > 0 (got {batch_size}, {num_actors}, {cpus_per_actor}, {gpus_per_actor}, "
                           f"{decode_cpus})", hint="e.g. --num-actors 2 --gpus-per-actor 0.5")
     ray = import_ray(local=address is None)
     spec_yaml, stage_classes = pipeline_spec(pipeline)
-    keys = [describe_source(s) for s in sources]  # what Record.source will hold
-    if len(set(keys)) != len(keys):
-        raise ValueError("sources must be unique")
-    done = store.done_sources() & set(keys)
-    progress = Progress(total=len(sources), done=len(done), resumed=len(done))
+    keys, done, progress = start_progress(sources, store)
     yield progress
     starts = pending_chunks(keys, done, batch_size)
     if not starts:

@@ -13,9 +13,7 @@ the ``sam`` stage drives all of them with one ``segment_boxes`` call.
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingWeightsError, WeightsError, WrongCheckpointError
+from ..errors import ConfigError, MissingWeightsError, WrongCheckpointError
 from .sam_predictors import HFSamPredictor, OfficialSamPredictor, SamBoxPredictor
 
 logger = logging.getLogger(__name__)
@@ -61,30 +59,14 @@ def build_official_sam(variant: str) -> nn.Module:
 
 
 def load_sam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a SAM ``.pth`` (weights_only, never arbitrary unpickling) or ``.safetensors``."""
+    """Tensors of a SAM ``.pth`` or ``.safetensors`` through the zoo's safe loader."""
+    from ..zoo import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"SAM checkpoint {path} does not exist", hint="check the path or the zoo name")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        # mmap: a 2.5 GB file is paged in as load_state_dict copies it, not held twice in RAM
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"{path} holds pickled Python objects, not just tensors; refusing to unpickle it",
-            hint="use the released sam_vit_*.pth, or save a plain state_dict / safetensors",
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable torch checkpoint: {exc}", hint="re-download the file") from exc
-    if isinstance(obj, dict) and _PATCH_KEY not in obj:
-        for key in ("model", "state_dict"):  # repackaged files nest the weights one level down
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = load_state_dict(path)
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WrongCheckpointError(f"{path} is not a state dict of tensors", hint="pass a SAM checkpoint")
     return obj
 
